@@ -1,0 +1,98 @@
+//! The `krt` command line: one file per verb, each returning an exit code.
+
+mod crds;
+mod exit;
+mod graph;
+mod validate;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use exit::Exit;
+
+const ABOUT: &str = "kruntimes: a workflow-oriented CI micro-step engine";
+
+const LONG_ABOUT: &str = "\
+kruntimes runs CI workflows written as YAML (jobs, `needs`, steps) as a DAG of
+runs in warm runtimes: a step costs a process spawn, not a Pod start.
+
+The same workflow file runs on one machine (`krt run`) or on Kubernetes
+(`krt submit`).";
+
+const EXAMPLES: &str = "\
+Examples:
+  krt validate ci.yaml                 check a workflow file and report every problem
+  krt graph ci.yaml                    show the jobs by level, with their needs
+  krt graph ci.yaml --format dot | dot -Tsvg > ci.svg
+  krt crds | kubectl apply -f -        install the CustomResourceDefinitions
+
+Exit codes:
+  0  success            3  the workflow file is invalid
+  1  the workflow failed 4  internal, I/O or store error
+  2  wrong command-line usage";
+
+/// The `krt` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "krt",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// When to color output.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto, env = "KRT_COLOR")]
+    pub color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// When to use color.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    /// Color when writing to a terminal and `NO_COLOR` is unset.
+    Auto,
+    /// Always color.
+    Always,
+    /// Never color.
+    Never,
+}
+
+impl Color {
+    /// Whether to color a stream that is (or is not) a terminal.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    /// Whether to color standard error.
+    pub fn stderr(self) -> bool {
+        self.enabled(std::io::stderr().is_terminal())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Validate(validate::Args),
+    Graph(graph::Args),
+    Crds(crds::Args),
+}
+
+/// Parses the command line, runs the verb and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match cli.command {
+        Command::Validate(args) => validate::run(args, cli.color),
+        Command::Graph(args) => graph::run(args, cli.color),
+        Command::Crds(args) => crds::run(args),
+    };
+    exit.into()
+}

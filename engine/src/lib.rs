@@ -1,0 +1,5 @@
+//! kruntimes engine: the planner, the scheduler core, the embedded driver,
+//! the Kubernetes controller and the `krt` CLI.
+
+pub mod cli;
+pub mod plan;

@@ -1,0 +1,5 @@
+//! `krt`: see `krt --help`.
+
+fn main() -> std::process::ExitCode {
+    kruntimes_engine::cli::main()
+}
