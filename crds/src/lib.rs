@@ -16,8 +16,8 @@ pub mod workflow;
 pub use file::{JobDefaults, JobSpec, ParamSpec, StepSpec, WorkflowFileSpec};
 pub use pool::{RuntimePool, RuntimePoolSpec, RuntimePoolStatus};
 pub use run::{
-    AttemptRecord, RetryPolicy, Run, RunInput, RunPhase, RunSpec, RunStatus, RunStep,
-    SecretEnvRef, StepResult,
+    AttemptRecord, RetryPolicy, Run, RunInput, RunPhase, RunSpec, RunStatus, RunStep, SecretEnvRef,
+    StepResult,
 };
 pub use workflow::{JobResult, JobStatus, Workflow, WorkflowPhase, WorkflowSpec, WorkflowStatus};
 
@@ -29,7 +29,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "kruntimes.io/v1alpha1";
 
 /// The CustomResourceDefinitions of all kruntimes kinds, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![Workflow::crd(), Run::crd(), RuntimePool::crd()]

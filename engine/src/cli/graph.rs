@@ -41,7 +41,11 @@ pub fn run(args: Args, color: Color) -> Exit {
         Ok(p) => p,
         Err(d) => {
             eprint!("{}", d.render(color.stderr()));
-            eprintln!("invalid: {}: {} error(s)", args.file.display(), d.error_count());
+            eprintln!(
+                "invalid: {}: {} error(s)",
+                args.file.display(),
+                d.error_count()
+            );
             return Exit::Invalid;
         }
     };
@@ -95,7 +99,9 @@ pub fn text(p: &Plan) -> String {
 }
 
 fn dot_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Graphviz DOT, one node per run, edges from a need to its dependents.
@@ -103,7 +109,10 @@ pub fn dot(p: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(&p.name));
     let _ = writeln!(out, "  rankdir=LR;");
-    let _ = writeln!(out, "  node [shape=box, style=rounded, fontname=\"Helvetica\"];");
+    let _ = writeln!(
+        out,
+        "  node [shape=box, style=rounded, fontname=\"Helvetica\"];"
+    );
     for n in &p.nodes {
         let mut label = dot_escape(&n.display);
         if let Some(cond) = &p.ast.jobs[n.job].if_ {

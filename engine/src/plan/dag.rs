@@ -46,7 +46,11 @@ pub fn find_cycles(needs: &Needs) -> Option<Vec<Vec<usize>>> {
 
 /// Breadth-first search inside one component for the shortest way back to
 /// `start`.
-fn shortest_cycle(needs: &Needs, members: &std::collections::BTreeSet<usize>, start: usize) -> Vec<usize> {
+fn shortest_cycle(
+    needs: &Needs,
+    members: &std::collections::BTreeSet<usize>,
+    start: usize,
+) -> Vec<usize> {
     let mut prev: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
     while let Some(at) = queue.pop_front() {

@@ -217,7 +217,11 @@ impl Diagnostics {
                 let mut end = self.source.byte(span.end).max(start);
                 // An empty span (end of file, an empty value) still gets a caret.
                 if end == start && start < self.source.text.len() {
-                    end = start + self.source.text[start..].chars().next().map_or(0, char::len_utf8);
+                    end = start
+                        + self.source.text[start..]
+                            .chars()
+                            .next()
+                            .map_or(0, char::len_utf8);
                 }
                 let mut annotation = AnnotationKind::Primary.span(start..end);
                 if let Some(label) = &d.label {
@@ -233,13 +237,15 @@ impl Diagnostics {
                 );
             }
             None => {
-                groups.push(title.element(
-                    annotate_snippets::Origin::path(self.source.name.as_str()),
-                ));
+                groups.push(
+                    title.element(annotate_snippets::Origin::path(self.source.name.as_str())),
+                );
             }
         }
         if let Some(hint) = &d.hint {
-            groups.push(Group::with_title(Level::HELP.secondary_title(hint.as_str())));
+            groups.push(Group::with_title(
+                Level::HELP.secondary_title(hint.as_str()),
+            ));
         }
         renderer.render(&groups).to_string()
     }
@@ -264,6 +270,9 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// `did you mean `x`?` for the closest candidate, if any.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     suggest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }

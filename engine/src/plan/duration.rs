@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(parse_duration("10"), Err("`10` has no unit".into()));
         assert_eq!(parse_duration("10x"), Err("unknown unit `x`".into()));
         assert_eq!(parse_duration("m"), Err("expected a number at `m`".into()));
-        assert_eq!(parse_duration("30m1h"), Err("unit `h` is out of order or repeated".into()));
+        assert_eq!(
+            parse_duration("30m1h"),
+            Err("unit `h` is out of order or repeated".into())
+        );
         assert_eq!(parse_duration("0s"), Err("the duration is zero".into()));
         assert_eq!(parse_duration(""), Err("the duration is empty".into()));
         assert!(parse_duration("99999999999999999999h").is_err());

@@ -88,7 +88,10 @@ pub fn node_name(job: &str, cell: &IndexMap<String, serde_json::Value>) -> Strin
     h.update(serde_json::to_string(cell).unwrap_or_default().as_bytes());
     let hash = hex::encode(h.finalize());
     let keep = MAX_NODE_NAME - 7;
-    let head = readable.get(..keep.min(readable.len())).unwrap_or(&readable).trim_end_matches('-');
+    let head = readable
+        .get(..keep.min(readable.len()))
+        .unwrap_or(&readable)
+        .trim_end_matches('-');
     format!("{head}-{}", &hash[..6])
 }
 
@@ -105,7 +108,11 @@ pub fn display_name(job: &str, cell: &IndexMap<String, serde_json::Value>) -> St
 }
 
 /// Builds jobs and nodes of a validated, acyclic workflow.
-pub fn expand(wf: &WorkflowAst, needs: &[Vec<usize>], diags: &mut Vec<Diagnostic>) -> (Vec<Job>, Vec<Node>, usize) {
+pub fn expand(
+    wf: &WorkflowAst,
+    needs: &[Vec<usize>],
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Job>, Vec<Node>, usize) {
     let levels = dag::levels(needs);
     let mut jobs = Vec::with_capacity(wf.jobs.len());
     let mut pending: Vec<(usize, usize, usize, Node)> = Vec::new();
@@ -147,8 +154,11 @@ pub fn expand(wf: &WorkflowAst, needs: &[Vec<usize>], diags: &mut Vec<Diagnostic
             && let Some(m) = &j.matrix
         {
             diags.push(
-                Diagnostic::error(format!("`exclude` removes every cell of the matrix of job `{key}`"), Some(m.span))
-                    .with_hint("the job would never run; remove it or loosen `exclude`"),
+                Diagnostic::error(
+                    format!("`exclude` removes every cell of the matrix of job `{key}`"),
+                    Some(m.span),
+                )
+                .with_hint("the job would never run; remove it or loosen `exclude`"),
             );
         }
         for (c, cell) in cells.into_iter().enumerate() {
@@ -186,7 +196,10 @@ pub fn expand(wf: &WorkflowAst, needs: &[Vec<usize>], diags: &mut Vec<Diagnostic
             let (a, b) = (&jobs[nodes[other].job].key, &jobs[n.job].key);
             diags.push(
                 Diagnostic::error(
-                    format!("run name `{}` is used by both job `{a}` and job `{b}`", n.name),
+                    format!(
+                        "run name `{}` is used by both job `{a}` and job `{b}`",
+                        n.name
+                    ),
                     Some(wf.jobs[n.job].key),
                 )
                 .with_hint("matrix cells are named `job-value...`; rename one of the jobs"),

@@ -82,7 +82,10 @@ pub fn plan_file(path: &std::path::Path) -> Result<Plan, Diagnostics> {
         Ok(text) => plan_str(&name, &text),
         Err(e) => Err(Diagnostics::new(
             Source::new(name, ""),
-            vec![Diagnostic::error(format!("cannot read the file: {e}"), None)],
+            vec![Diagnostic::error(
+                format!("cannot read the file: {e}"),
+                None,
+            )],
         )),
     }
 }

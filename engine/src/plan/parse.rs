@@ -42,12 +42,18 @@ const STEP_KEYS: &[&str] = &["name", "run", "shell", "env", "timeout"];
 /// Hints for keys people bring from other CI systems.
 fn foreign_key_hint(key: &str) -> Option<&'static str> {
     Some(match key {
-        "on" => "kruntimes runs a workflow when you ask (`krt run`, `krt submit`); triggers belong to the CI system that calls it",
+        "on" => {
+            "kruntimes runs a workflow when you ask (`krt run`, `krt submit`); triggers belong to the CI system that calls it"
+        }
         "runs-on" => "in kruntimes a job runs on a warm runtime pool: use `pool:`",
         "timeout-minutes" => "use `timeout:` with a unit, such as `timeout: 10m`",
         "strategy" => "put the axes directly under `matrix:`",
-        "uses" | "with" => "reusable `uses:` steps are not supported yet; write the command with `run:`",
-        "outputs" => "outputs need no declaration: a step appends `key=value` lines to \"$KRT_OUTPUT\"",
+        "uses" | "with" => {
+            "reusable `uses:` steps are not supported yet; write the command with `run:`"
+        }
+        "outputs" => {
+            "outputs need no declaration: a step appends `key=value` lines to \"$KRT_OUTPUT\""
+        }
         "working-directory" => "steps run in the workspace root; use `cd dir && ...` in `run:`",
         _ => return None,
     })
@@ -95,8 +101,9 @@ impl Reader<'_> {
             if allowed.contains(&key) {
                 continue;
             }
-            let hint = did_you_mean(key, allowed.iter().copied())
-                .or_else(|| foreign_key_hint(key).map(str::to_string))
+            let hint = foreign_key_hint(key)
+                .map(str::to_string)
+                .or_else(|| did_you_mean(key, allowed.iter().copied()))
                 .unwrap_or_else(|| format!("expected one of: {}", allowed.join(", ")));
             self.err(
                 Diagnostic::error(format!("unknown key `{key}` in {what}"), Some(k.span))
@@ -153,7 +160,10 @@ impl Reader<'_> {
         if parsed.is_none() {
             self.err(
                 Diagnostic::error(
-                    format!("expected a whole number for {what}, found `{}`", node.as_str().unwrap_or(node.describe())),
+                    format!(
+                        "expected a whole number for {what}, found `{}`",
+                        node.as_str().unwrap_or(node.describe())
+                    ),
                     Some(node.span),
                 )
                 .with_label("expected a number such as `2`"),
@@ -177,7 +187,10 @@ impl Reader<'_> {
         if parsed.is_none() {
             self.err(
                 Diagnostic::error(
-                    format!("expected `true` or `false` for {what}, found `{}`", node.as_str().unwrap_or(node.describe())),
+                    format!(
+                        "expected `true` or `false` for {what}, found `{}`",
+                        node.as_str().unwrap_or(node.describe())
+                    ),
                     Some(node.span),
                 )
                 .with_label("expected `true` or `false`"),
@@ -218,7 +231,10 @@ impl Reader<'_> {
             _ => {
                 self.err(
                     Diagnostic::error(
-                        format!("expected a single value for {what}, found {}", node.describe()),
+                        format!(
+                            "expected a single value for {what}, found {}",
+                            node.describe()
+                        ),
                         Some(node.span),
                     )
                     .with_label("expected text, a number or a boolean"),
@@ -238,14 +254,21 @@ impl Reader<'_> {
             let value = match &v.kind {
                 // Numbers and booleans are fine as values: `DEBUG: 1`.
                 Kind::Scalar(s, style) => Text {
-                    value: if v.is_null() { String::new() } else { s.clone() },
+                    value: if v.is_null() {
+                        String::new()
+                    } else {
+                        s.clone()
+                    },
                     span: v.span,
                     style: *style,
                 },
                 _ => {
                     self.err(
                         Diagnostic::error(
-                            format!("expected text for env variable `{name}` of {what}, found {}", v.describe()),
+                            format!(
+                                "expected text for env variable `{name}` of {what}, found {}",
+                                v.describe()
+                            ),
                             Some(v.span),
                         )
                         .with_label("expected text"),
@@ -334,22 +357,18 @@ impl Reader<'_> {
     }
 
     fn manifest_header(&mut self, entries: Entries<'_>, wf: &mut WorkflowAst) {
-        match get(entries, "apiVersion") {
-            Some((_, v)) => {
-                if let Some(s) = self.string(v, "`apiVersion`")
-                    && s.value != kruntimes_crds::API_VERSION
-                {
-                    self.err(
-                        Diagnostic::error(
-                            format!("unsupported apiVersion `{}`", s.value),
-                            Some(s.span),
-                        )
-                        .with_label("unknown API version")
-                        .with_hint(format!("use `apiVersion: {}`", kruntimes_crds::API_VERSION)),
-                    );
-                }
-            }
-            None => {}
+        if let Some((_, v)) = get(entries, "apiVersion")
+            && let Some(s) = self.string(v, "`apiVersion`")
+            && s.value != kruntimes_crds::API_VERSION
+        {
+            self.err(
+                Diagnostic::error(
+                    format!("unsupported apiVersion `{}`", s.value),
+                    Some(s.span),
+                )
+                .with_label("unknown API version")
+                .with_hint(format!("use `apiVersion: {}`", kruntimes_crds::API_VERSION)),
+            );
         }
         if let Some((_, v)) = get(entries, "kind")
             && let Some(s) = self.string(v, "`kind`")
@@ -398,7 +417,9 @@ impl Reader<'_> {
                         key: k.span,
                         default: get(fields, "default")
                             .filter(|(_, d)| !d.is_null())
-                            .and_then(|(_, d)| self.scalar_value(d, &format!("the default of parameter `{name}`"))),
+                            .and_then(|(_, d)| {
+                                self.scalar_value(d, &format!("the default of parameter `{name}`"))
+                            }),
                         description: get(fields, "description")
                             .and_then(|(_, d)| self.string(d, "`description`"))
                             .map(|s| s.value),
@@ -495,8 +516,11 @@ impl Reader<'_> {
                     steps_key = Some(k.span);
                     if matches!(&v.kind, Kind::Seq(items) if items.is_empty()) || v.is_null() {
                         self.err(
-                            Diagnostic::error(format!("{what} has an empty `steps` list"), Some(k.span))
-                                .with_hint("add at least one `- run: <command>`"),
+                            Diagnostic::error(
+                                format!("{what} has an empty `steps` list"),
+                                Some(k.span),
+                            )
+                            .with_hint("add at least one `- run: <command>`"),
                         );
                     }
                     job.steps.extend(self.steps(v, &what));
@@ -525,7 +549,10 @@ impl Reader<'_> {
             if !node.is_null() {
                 self.err(
                     Diagnostic::error(
-                        format!("expected a list for `steps` of {what}, found {}", node.describe()),
+                        format!(
+                            "expected a list for `steps` of {what}, found {}",
+                            node.describe()
+                        ),
                         Some(node.span),
                     )
                     .with_hint("write each step as `- run: <command>`"),
@@ -576,7 +603,9 @@ impl Reader<'_> {
                 match key_str(k) {
                     "name" => step.name = self.text(v, &format!("`name` of {step_what}")),
                     "shell" => step.shell = self.string(v, &format!("`shell` of {step_what}")),
-                    "timeout" => step.timeout = self.string(v, &format!("`timeout` of {step_what}")),
+                    "timeout" => {
+                        step.timeout = self.string(v, &format!("`timeout` of {step_what}"))
+                    }
                     "env" => step.env = self.env(v, &step_what),
                     _ => {}
                 }
@@ -613,7 +642,10 @@ impl Reader<'_> {
                 let Kind::Seq(items) = &v.kind else {
                     self.err(
                         Diagnostic::error(
-                            format!("expected a list for `matrix.exclude` of {what}, found {}", v.describe()),
+                            format!(
+                                "expected a list for `matrix.exclude` of {what}, found {}",
+                                v.describe()
+                            ),
                             Some(v.span),
                         )
                         .with_hint("write `exclude: [{os: windows, shard: 2}]`"),
@@ -621,12 +653,16 @@ impl Reader<'_> {
                     continue;
                 };
                 for item in items {
-                    let Some(fields) = self.map(item, &format!("an entry of `matrix.exclude` of {what}")) else {
+                    let Some(fields) =
+                        self.map(item, &format!("an entry of `matrix.exclude` of {what}"))
+                    else {
                         continue;
                     };
                     let mut cell = IndexMap::new();
                     for (fk, fv) in fields {
-                        if let Some(value) = self.scalar_value(fv, &format!("`{}` in `matrix.exclude`", key_str(fk))) {
+                        if let Some(value) =
+                            self.scalar_value(fv, &format!("`{}` in `matrix.exclude`", key_str(fk)))
+                        {
                             cell.insert(
                                 key_str(fk).to_string(),
                                 Spanned {
@@ -645,15 +681,22 @@ impl Reader<'_> {
             }
             if axis == "include" {
                 self.err(
-                    Diagnostic::error(format!("`matrix.include` is not supported (in {what})"), Some(k.span))
-                        .with_hint("add the values to the axes, and remove unwanted cells with `exclude`"),
+                    Diagnostic::error(
+                        format!("`matrix.include` is not supported (in {what})"),
+                        Some(k.span),
+                    )
+                    .with_hint(
+                        "add the values to the axes, and remove unwanted cells with `exclude`",
+                    ),
                 );
                 continue;
             }
             let values = match &v.kind {
                 Kind::Seq(items) => items
                     .iter()
-                    .filter_map(|i| self.scalar_value(i, &format!("a value of matrix axis `{axis}`")))
+                    .filter_map(|i| {
+                        self.scalar_value(i, &format!("a value of matrix axis `{axis}`"))
+                    })
                     .collect(),
                 _ => {
                     self.err(

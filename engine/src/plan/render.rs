@@ -100,7 +100,11 @@ pub fn resolve_params(
             )),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 struct Renderer<'p> {
@@ -153,10 +157,12 @@ impl Renderer<'_> {
     }
 
     fn error(&self, text: &Text, what: &str, e: &minijinja::Error) -> Diagnostic {
-        let span = e
-            .range()
-            .map_or(text.span, |r| template::span_in_text(&self.plan.source, text, r));
-        let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_string);
+        let span = e.range().map_or(text.span, |r| {
+            template::span_in_text(&self.plan.source, text, r)
+        });
+        let detail = e
+            .detail()
+            .map_or_else(|| e.kind().to_string(), str::to_string);
         Diagnostic::error(format!("cannot render {what}: {detail}"), Some(span))
     }
 
@@ -186,10 +192,18 @@ impl Renderer<'_> {
 }
 
 /// Renders one node's steps and environment.
-pub fn render_job(plan: &Plan, node: NodeId, ctx: &RenderContext<'_>) -> Result<RenderedJob, Diagnostic> {
+pub fn render_job(
+    plan: &Plan,
+    node: NodeId,
+    ctx: &RenderContext<'_>,
+) -> Result<RenderedJob, Diagnostic> {
     let r = Renderer { plan, node };
     let job_id = plan.nodes[node].job;
-    let (key, job) = plan.ast.jobs.get_index(job_id).expect("node of a known job");
+    let (key, job) = plan
+        .ast
+        .jobs
+        .get_index(job_id)
+        .expect("node of a known job");
     let what = format!("job `{key}`");
     let mut env = BTreeMap::new();
     r.render_env(&plan.ast.env, "the workflow", ctx, &mut env)?;
@@ -214,8 +228,11 @@ pub fn render_job(plan: &Plan, node: NodeId, ctx: &RenderContext<'_>) -> Result<
             .collect();
         let (script, shown) = if is_posix_shell(shell) {
             let safe = make_safe(&rendered).map_err(|why| {
-                Diagnostic::error(format!("cannot render {step_what}: {why}"), Some(step.run.span))
-                    .with_hint("use `| raw` to splice a value as shell code on purpose")
+                Diagnostic::error(
+                    format!("cannot render {step_what}: {why}"),
+                    Some(step.run.span),
+                )
+                .with_hint("use `| raw` to splice a value as shell code on purpose")
             })?;
             own_env.extend(safe.vars);
             (safe.script, safe.display)
@@ -224,7 +241,11 @@ pub fn render_job(plan: &Plan, node: NodeId, ctx: &RenderContext<'_>) -> Result<
             (plain.clone(), plain)
         };
         let name = match &step.name {
-            Some(n) => Some(strip_markers(&r.render(n, &format!("the name of {step_what}"), &value_ctx)?)),
+            Some(n) => Some(strip_markers(&r.render(
+                n,
+                &format!("the name of {step_what}"),
+                &value_ctx,
+            )?)),
             None => None,
         };
         steps.push(RunStep {

@@ -42,19 +42,32 @@ pub struct SafeScript {
 /// Removes the markers, splicing values in as plain text (for non-shell
 /// `shell:` steps and for display).
 pub fn strip_markers(rendered: &str) -> String {
-    rendered.chars().filter(|c| *c != OPEN && *c != CLOSE).collect()
+    rendered
+        .chars()
+        .filter(|c| *c != OPEN && *c != CLOSE)
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Ctx {
     /// Top level or inside `$( )`.
-    Unquoted { subst: bool },
+    Unquoted {
+        subst: bool,
+    },
     Backtick,
     Double,
-    Single { ansi: bool },
-    Arith { depth: u32 },
+    Single {
+        ansi: bool,
+    },
+    Arith {
+        depth: u32,
+    },
     Comment,
-    Heredoc { delim: String, quoted: bool, strip_tabs: bool },
+    Heredoc {
+        delim: String,
+        quoted: bool,
+        strip_tabs: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -77,13 +90,27 @@ pub fn make_safe(rendered: &str) -> Result<SafeScript, String> {
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        let top = stack.last().cloned().unwrap_or(Ctx::Unquoted { subst: false });
+        let top = stack
+            .last()
+            .cloned()
+            .unwrap_or(Ctx::Unquoted { subst: false });
 
         // A heredoc body ends at a line equal to its delimiter.
-        if at_line_start && let Ctx::Heredoc { delim, strip_tabs, .. } = &top {
-            let end = chars[i..].iter().position(|c| *c == '\n').map_or(chars.len(), |p| i + p);
+        if at_line_start
+            && let Ctx::Heredoc {
+                delim, strip_tabs, ..
+            } = &top
+        {
+            let end = chars[i..]
+                .iter()
+                .position(|c| *c == '\n')
+                .map_or(chars.len(), |p| i + p);
             let line: String = chars[i..end].iter().collect();
-            let line_cmp = if *strip_tabs { line.trim_start_matches('\t') } else { line.as_str() };
+            let line_cmp = if *strip_tabs {
+                line.trim_start_matches('\t')
+            } else {
+                line.as_str()
+            };
             if line_cmp == delim {
                 out.push_str(&line);
                 stack.pop();
@@ -136,7 +163,11 @@ pub fn make_safe(rendered: &str) -> Result<SafeScript, String> {
                     let v = var();
                     out.push_str(&format!("${{{v}}}"));
                 }
-                Ctx::Heredoc { quoted: true, delim, .. } => {
+                Ctx::Heredoc {
+                    quoted: true,
+                    delim,
+                    ..
+                } => {
                     if value.lines().any(|l| l.trim_start_matches('\t') == delim) {
                         return Err(format!(
                             "the value `{value}` contains the line `{delim}`, which would end the quoted heredoc early"
@@ -224,7 +255,9 @@ pub fn make_safe(rendered: &str) -> Result<SafeScript, String> {
             },
             Ctx::Backtick => {
                 out.push(c);
-                if c == '\\' && let Some(n) = next.filter(|n| *n != OPEN) {
+                if c == '\\'
+                    && let Some(n) = next.filter(|n| *n != OPEN)
+                {
                     out.push(n);
                     i += 1;
                 } else if c == '`' {
@@ -261,7 +294,10 @@ pub fn make_safe(rendered: &str) -> Result<SafeScript, String> {
             },
             Ctx::Single { ansi } => {
                 out.push(c);
-                if ansi && c == '\\' && let Some(n) = next.filter(|n| *n != OPEN) {
+                if ansi
+                    && c == '\\'
+                    && let Some(n) = next.filter(|n| *n != OPEN)
+                {
                     out.push(n);
                     i += 1;
                 } else if c == '\'' {

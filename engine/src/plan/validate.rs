@@ -115,9 +115,10 @@ impl<'a> Validator<'a> {
             if let Some(d) = &p.default
                 && !(d.value.is_string() || d.value.is_number() || d.value.is_boolean())
             {
-                self.err(
-                    Diagnostic::error(format!("the default of parameter `{name}` must be a single value"), Some(d.span)),
-                );
+                self.err(Diagnostic::error(
+                    format!("the default of parameter `{name}` must be a single value"),
+                    Some(d.span),
+                ));
             }
         }
         self.env_names(&wf.env, "the workflow");
@@ -154,18 +155,25 @@ impl<'a> Validator<'a> {
                             self.needs[i].push(j);
                         } else {
                             self.diags.push(
-                                Diagnostic::warning(format!("job `{key}` lists `{n}` twice in `needs`"), Some(need.span))
-                                    .with_label("repeated"),
+                                Diagnostic::warning(
+                                    format!("job `{key}` lists `{n}` twice in `needs`"),
+                                    Some(need.span),
+                                )
+                                .with_label("repeated"),
                             );
                         }
                     }
                     None => self.err(
-                        Diagnostic::error(format!("job `{key}` needs unknown job `{n}`"), Some(need.span))
-                            .with_label("no job has this name")
-                            .with_opt_hint(
-                                did_you_mean(n, keys.iter().copied().filter(|k| *k != key))
-                                    .or_else(|| Some(format!("jobs in this file: {}", keys.join(", ")))),
+                        Diagnostic::error(
+                            format!("job `{key}` needs unknown job `{n}`"),
+                            Some(need.span),
+                        )
+                        .with_label("no job has this name")
+                        .with_opt_hint(
+                            did_you_mean(n, keys.iter().copied().filter(|k| *k != key)).or_else(
+                                || Some(format!("jobs in this file: {}", keys.join(", "))),
                             ),
+                        ),
                     ),
                 }
             }
@@ -174,7 +182,10 @@ impl<'a> Validator<'a> {
 
     fn report_cycle(&mut self, cycle: &[usize]) {
         let wf = self.wf;
-        let names: Vec<&str> = cycle.iter().map(|&j| wf.jobs.get_index(j).map_or("?", |(k, _)| k.as_str())).collect();
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&j| wf.jobs.get_index(j).map_or("?", |(k, _)| k.as_str()))
+            .collect();
         let mut path = names.join(" -> ");
         path.push_str(" -> ");
         path.push_str(names[0]);
@@ -208,15 +219,23 @@ impl<'a> Validator<'a> {
     fn retries(&mut self, n: u32, span: Span, what: &str) {
         if n > MAX_RETRIES {
             self.err(
-                Diagnostic::error(format!("{what} is {n}, more than the limit of {MAX_RETRIES}"), Some(span))
-                    .with_hint("a step that needs this many tries is flaky; fix it or raise its timeout"),
+                Diagnostic::error(
+                    format!("{what} is {n}, more than the limit of {MAX_RETRIES}"),
+                    Some(span),
+                )
+                .with_hint(
+                    "a step that needs this many tries is flaky; fix it or raise its timeout",
+                ),
             );
         }
     }
 
     fn shell(&mut self, shell: &str, span: Span) {
         if shell.trim().is_empty() {
-            self.err(Diagnostic::error("`shell` is empty", Some(span)).with_hint("use `bash`, `sh`, `python3`, ..."));
+            self.err(
+                Diagnostic::error("`shell` is empty", Some(span))
+                    .with_hint("use `bash`, `sh`, `python3`, ..."),
+            );
         }
     }
 
@@ -224,8 +243,11 @@ impl<'a> Validator<'a> {
         for (name, var) in env {
             if !is_identifier(name) {
                 self.err(
-                    Diagnostic::error(format!("invalid environment variable name `{name}` in {what}"), Some(var.key))
-                        .with_hint("use letters, digits and `_`, starting with a letter or `_`"),
+                    Diagnostic::error(
+                        format!("invalid environment variable name `{name}` in {what}"),
+                        Some(var.key),
+                    )
+                    .with_hint("use letters, digits and `_`, starting with a letter or `_`"),
                 );
             } else if name.starts_with("KRT_") {
                 self.err(
@@ -240,7 +262,10 @@ impl<'a> Validator<'a> {
         let what = format!("job `{key}`");
         if !is_dns_label(key) || key.len() > MAX_JOB_NAME {
             let fixed = to_dns_label(key);
-            let fixed = fixed.get(..MAX_JOB_NAME).unwrap_or(&fixed).trim_end_matches('-');
+            let fixed = fixed
+                .get(..MAX_JOB_NAME)
+                .unwrap_or(&fixed)
+                .trim_end_matches('-');
             self.err(
                 Diagnostic::error(format!("invalid job name `{key}`"), Some(job.key))
                     .with_label("not usable in Kubernetes object names")
@@ -270,7 +295,12 @@ impl<'a> Validator<'a> {
             self.template(name, &format!("`name` of {what}"), Some(i), &env_keys);
         }
         for var in job.env.values() {
-            self.template(&var.value, &format!("env value of {what}"), Some(i), &env_keys);
+            self.template(
+                &var.value,
+                &format!("env value of {what}"),
+                Some(i),
+                &env_keys,
+            );
         }
         for (s, step) in job.steps.iter().enumerate() {
             let step_what = format!("step {} of {what}", s + 1);
@@ -284,7 +314,12 @@ impl<'a> Validator<'a> {
             let mut step_env = env_keys.clone();
             step_env.extend(step.env.keys().map(String::as_str));
             for var in step.env.values() {
-                self.template(&var.value, &format!("env value of {step_what}"), Some(i), &step_env);
+                self.template(
+                    &var.value,
+                    &format!("env value of {step_what}"),
+                    Some(i),
+                    &step_env,
+                );
             }
             if let Some(name) = &step.name {
                 self.template(name, &format!("`name` of {step_what}"), Some(i), &step_env);
@@ -292,9 +327,12 @@ impl<'a> Validator<'a> {
             if let Some(at) = step.run.value.find("${{") {
                 let span = template::span_in_text(self.source, &step.run, at..at + 3);
                 self.err(
-                    Diagnostic::error(format!("GitHub Actions syntax `${{{{ ... }}}}` in {step_what}"), Some(span))
-                        .with_label("the `$` would stay in the script")
-                        .with_hint("kruntimes templates are `{{ ... }}` without `$`"),
+                    Diagnostic::error(
+                        format!("GitHub Actions syntax `${{{{ ... }}}}` in {step_what}"),
+                        Some(span),
+                    )
+                    .with_label("the `$` would stay in the script")
+                    .with_hint("kruntimes templates are `{{ ... }}` without `$`"),
                 );
             }
             self.template(&step.run, &step_what, Some(i), &step_env);
@@ -309,22 +347,36 @@ impl<'a> Validator<'a> {
         let trimmed = cond.value.trim();
         if trimmed.starts_with("${{") || trimmed.starts_with("{{") {
             self.err(
-                Diagnostic::error(format!("{what} is an expression, not a template"), Some(cond.span))
-                    .with_label("remove the braces")
-                    .with_hint(format!(
-                        "write the bare expression, such as `if: {}`",
-                        trimmed.trim_start_matches('$').trim_start_matches("{{").trim_end_matches("}}").trim()
-                    )),
+                Diagnostic::error(
+                    format!("{what} is an expression, not a template"),
+                    Some(cond.span),
+                )
+                .with_label("remove the braces")
+                .with_hint(format!(
+                    "write the bare expression, such as `if: {}`",
+                    trimmed
+                        .trim_start_matches('$')
+                        .trim_start_matches("{{")
+                        .trim_end_matches("}}")
+                        .trim()
+                )),
             );
             return;
         }
         match template::check_expression(&cond.value) {
             Ok(vars) => self.check_vars(&vars, cond, &what, Some(i), env_keys),
             Err(e) => {
-                let span = e.range.map_or(cond.span, |r| template::span_in_text(self.source, cond, r));
+                let span = e
+                    .range
+                    .map_or(cond.span, |r| template::span_in_text(self.source, cond, r));
                 self.err(
-                    Diagnostic::error(format!("invalid expression in {what}: {}", e.message), Some(span))
-                        .with_hint("expressions look like `needs.test.result == 'success'` or `always()`"),
+                    Diagnostic::error(
+                        format!("invalid expression in {what}: {}", e.message),
+                        Some(span),
+                    )
+                    .with_hint(
+                        "expressions look like `needs.test.result == 'success'` or `always()`",
+                    ),
                 );
             }
         }
@@ -334,10 +386,15 @@ impl<'a> Validator<'a> {
         match template::check_template(&text.value) {
             Ok(vars) => self.check_vars(&vars, text, what, job, env_keys),
             Err(e) => {
-                let span = e.range.map_or(text.span, |r| template::span_in_text(self.source, text, r));
+                let span = e
+                    .range
+                    .map_or(text.span, |r| template::span_in_text(self.source, text, r));
                 self.err(
-                    Diagnostic::error(format!("invalid template in {what}: {}", e.message), Some(span))
-                        .with_label("here"),
+                    Diagnostic::error(
+                        format!("invalid template in {what}: {}", e.message),
+                        Some(span),
+                    )
+                    .with_label("here"),
                 );
             }
         }
@@ -345,12 +402,20 @@ impl<'a> Validator<'a> {
 
     /// Checks that every variable path a template reads can exist when the
     /// job is rendered.
-    fn check_vars(&mut self, vars: &[String], text: &Text, what: &str, job: Option<usize>, env_keys: &[&str]) {
+    fn check_vars(
+        &mut self,
+        vars: &[String],
+        text: &Text,
+        what: &str,
+        job: Option<usize>,
+        env_keys: &[&str],
+    ) {
         let wf = self.wf;
         for var in vars {
             let parts: Vec<&str> = var.split('.').collect();
             let root = parts[0];
-            if FUNCTIONS.contains(&root) || matches!(root, "range" | "dict" | "namespace" | "loop") {
+            if FUNCTIONS.contains(&root) || matches!(root, "range" | "dict" | "namespace" | "loop")
+            {
                 continue;
             }
             let span = template::span_of_mention(self.source, text, var);
@@ -408,7 +473,14 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn check_need_ref(&self, n: &str, field: Option<&str>, span: Span, what: &str, job: Option<usize>) -> Option<Diagnostic> {
+    fn check_need_ref(
+        &self,
+        n: &str,
+        field: Option<&str>,
+        span: Span,
+        what: &str,
+        job: Option<usize>,
+    ) -> Option<Diagnostic> {
         let Some(j) = job else {
             return Some(
                 Diagnostic::error(format!("`needs` is not available in {what}"), Some(span))
@@ -423,18 +495,24 @@ impl<'a> Validator<'a> {
                     .with_opt_hint(did_you_mean(n, self.wf.jobs.keys().map(String::as_str))),
             ),
             Some(&t) if !dag::reaches(&self.needs, j, t) => Some(
-                Diagnostic::error(format!("{what} reads `needs.{n}`, but job `{key}` does not need `{n}`"), Some(span))
-                    .with_label("not finished when this job starts")
-                    .with_hint(format!("add `{n}` to the `needs` of `{key}`")),
+                Diagnostic::error(
+                    format!("{what} reads `needs.{n}`, but job `{key}` does not need `{n}`"),
+                    Some(span),
+                )
+                .with_label("not finished when this job starts")
+                .with_hint(format!("add `{n}` to the `needs` of `{key}`")),
             ),
             Some(_) => match field {
                 None | Some("outputs" | "result") => None,
                 Some(f) => Some(
-                    Diagnostic::error(format!("unknown field `needs.{n}.{f}` in {what}"), Some(span))
-                        .with_opt_hint(
-                            did_you_mean(f, ["outputs", "result"])
-                                .or_else(|| Some("a need has `outputs` and `result`".to_string())),
-                        ),
+                    Diagnostic::error(
+                        format!("unknown field `needs.{n}.{f}` in {what}"),
+                        Some(span),
+                    )
+                    .with_opt_hint(
+                        did_you_mean(f, ["outputs", "result"])
+                            .or_else(|| Some("a need has `outputs` and `result`".to_string())),
+                    ),
                 ),
             },
         }
@@ -444,8 +522,11 @@ impl<'a> Validator<'a> {
         let Some(m) = &job.matrix else { return };
         if m.axes.is_empty() {
             self.err(
-                Diagnostic::error(format!("the matrix of job `{key}` has no axes"), Some(m.span))
-                    .with_hint("add an axis such as `shard: [1, 2, 3]`, or remove `matrix`"),
+                Diagnostic::error(
+                    format!("the matrix of job `{key}` has no axes"),
+                    Some(m.span),
+                )
+                .with_hint("add an axis such as `shard: [1, 2, 3]`, or remove `matrix`"),
             );
             return;
         }
@@ -453,23 +534,35 @@ impl<'a> Validator<'a> {
         for (axis, a) in &m.axes {
             if !is_identifier(axis) {
                 self.err(
-                    Diagnostic::error(format!("invalid matrix axis name `{axis}` in job `{key}`"), Some(a.key))
-                        .with_hint("use letters, digits and `_` so `{{ matrix.axis }}` works"),
+                    Diagnostic::error(
+                        format!("invalid matrix axis name `{axis}` in job `{key}`"),
+                        Some(a.key),
+                    )
+                    .with_hint("use letters, digits and `_` so `{{ matrix.axis }}` works"),
                 );
             }
             if a.values.is_empty() {
                 self.err(
-                    Diagnostic::error(format!("matrix axis `{axis}` of job `{key}` is empty"), Some(a.span))
-                        .with_label("no values")
-                        .with_hint("give the axis at least one value, or remove it"),
+                    Diagnostic::error(
+                        format!("matrix axis `{axis}` of job `{key}` is empty"),
+                        Some(a.span),
+                    )
+                    .with_label("no values")
+                    .with_hint("give the axis at least one value, or remove it"),
                 );
             }
             let mut seen = BTreeSet::new();
             for v in &a.values {
                 if !seen.insert(v.value.to_string()) {
                     self.err(
-                        Diagnostic::error(format!("matrix axis `{axis}` of job `{key}` repeats the value {}", v.value), Some(v.span))
-                            .with_label("repeated"),
+                        Diagnostic::error(
+                            format!(
+                                "matrix axis `{axis}` of job `{key}` repeats the value {}",
+                                v.value
+                            ),
+                            Some(v.span),
+                        )
+                        .with_label("repeated"),
                     );
                 }
             }
@@ -491,18 +584,28 @@ impl<'a> Validator<'a> {
             for (axis, v) in &ex.value {
                 match m.axes.get(axis) {
                     None => self.err(
-                        Diagnostic::error(format!("`exclude` names unknown matrix axis `{axis}` in job `{key}`"), Some(v.span))
-                            .with_opt_hint(did_you_mean(axis, m.axes.keys().map(String::as_str))),
+                        Diagnostic::error(
+                            format!("`exclude` names unknown matrix axis `{axis}` in job `{key}`"),
+                            Some(v.span),
+                        )
+                        .with_opt_hint(did_you_mean(axis, m.axes.keys().map(String::as_str))),
                     ),
                     Some(a) if !a.values.iter().any(|x| x.value == v.value) => self.err(
                         Diagnostic::error(
-                            format!("`exclude` value {} is not on matrix axis `{axis}` of job `{key}`", v.value),
+                            format!(
+                                "`exclude` value {} is not on matrix axis `{axis}` of job `{key}`",
+                                v.value
+                            ),
                             Some(v.span),
                         )
                         .with_label("matches no cell")
                         .with_hint(format!(
                             "values of `{axis}`: {}",
-                            a.values.iter().map(|x| x.value.to_string()).collect::<Vec<_>>().join(", ")
+                            a.values
+                                .iter()
+                                .map(|x| x.value.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )),
                     ),
                     Some(_) => {}
@@ -513,16 +616,28 @@ impl<'a> Validator<'a> {
 
     fn artifacts(&mut self, key: &str, job: &JobAst) {
         for (name, a) in &job.artifacts {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')) {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            {
                 self.err(
-                    Diagnostic::error(format!("invalid artifact name `{name}` in job `{key}`"), Some(a.key))
-                        .with_hint("use letters, digits, `_` and `-`; other jobs refer to it as `job.name`"),
+                    Diagnostic::error(
+                        format!("invalid artifact name `{name}` in job `{key}`"),
+                        Some(a.key),
+                    )
+                    .with_hint(
+                        "use letters, digits, `_` and `-`; other jobs refer to it as `job.name`",
+                    ),
                 );
             }
             let p = a.path.value.as_str();
             let escapes = p.split(['/', '\\']).any(|c| c == "..");
             if p.is_empty() {
-                self.err(Diagnostic::error(format!("artifact `{name}` of job `{key}` has an empty path"), Some(a.path.span)));
+                self.err(Diagnostic::error(
+                    format!("artifact `{name}` of job `{key}` has an empty path"),
+                    Some(a.path.span),
+                ));
             } else if p.starts_with('/') || p.starts_with('~') || escapes {
                 self.err(
                     Diagnostic::error(format!("artifact `{name}` of job `{key}` points outside the workspace: `{p}`"), Some(a.path.span))
@@ -540,19 +655,28 @@ impl<'a> Validator<'a> {
             let text = input.value.as_str();
             let Some((src, artifact)) = text.split_once('.') else {
                 self.err(
-                    Diagnostic::error(format!("input `{text}` of job `{key}` must name a job and an artifact"), Some(input.span))
-                        .with_hint(format!("write `job.artifact`, such as `build.{text}`")),
+                    Diagnostic::error(
+                        format!("input `{text}` of job `{key}` must name a job and an artifact"),
+                        Some(input.span),
+                    )
+                    .with_hint(format!("write `job.artifact`, such as `build.{text}`")),
                 );
                 continue;
             };
             if !seen.insert(text) {
-                self.err(Diagnostic::error(format!("job `{key}` lists input `{text}` twice"), Some(input.span)));
+                self.err(Diagnostic::error(
+                    format!("job `{key}` lists input `{text}` twice"),
+                    Some(input.span),
+                ));
                 continue;
             }
             let Some(&j) = self.index.get(src) else {
                 self.err(
-                    Diagnostic::error(format!("input `{text}` of job `{key}` names unknown job `{src}`"), Some(input.span))
-                        .with_opt_hint(did_you_mean(src, wf.jobs.keys().map(String::as_str))),
+                    Diagnostic::error(
+                        format!("input `{text}` of job `{key}` names unknown job `{src}`"),
+                        Some(input.span),
+                    )
+                    .with_opt_hint(did_you_mean(src, wf.jobs.keys().map(String::as_str))),
                 );
                 continue;
             };
@@ -565,13 +689,17 @@ impl<'a> Validator<'a> {
             }
             let produced = &wf.jobs[j].artifacts;
             if !produced.contains_key(artifact) {
-                let hint = did_you_mean(artifact, produced.keys().map(String::as_str)).unwrap_or_else(|| {
-                    if produced.is_empty() {
-                        format!("job `{src}` declares no `artifacts`")
-                    } else {
-                        format!("artifacts of `{src}`: {}", produced.keys().cloned().collect::<Vec<_>>().join(", "))
-                    }
-                });
+                let hint = did_you_mean(artifact, produced.keys().map(String::as_str))
+                    .unwrap_or_else(|| {
+                        if produced.is_empty() {
+                            format!("job `{src}` declares no `artifacts`")
+                        } else {
+                            format!(
+                                "artifacts of `{src}`: {}",
+                                produced.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        }
+                    });
                 self.err(
                     Diagnostic::error(format!("input `{text}` of job `{key}`: job `{src}` has no artifact `{artifact}`"), Some(input.span))
                         .with_label("unknown artifact")

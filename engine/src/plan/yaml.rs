@@ -181,7 +181,12 @@ struct Builder {
 }
 
 fn span_of(s: saphyr_parser::Span) -> Span {
-    Span::new(s.start.index(), s.end.index(), s.start.line(), s.start.col() + 1)
+    Span::new(
+        s.start.index(),
+        s.end.index(),
+        s.start.line(),
+        s.start.col() + 1,
+    )
 }
 
 impl Builder {
@@ -218,7 +223,9 @@ impl Builder {
                         self.problems.push(
                             Diagnostic::error(format!("duplicate key `{name}`"), Some(key.span))
                                 .with_label(format!("`{name}` is already set on line {first}"))
-                                .with_hint("each key may appear once in a mapping; remove or rename one"),
+                                .with_hint(
+                                    "each key may appear once in a mapping; remove or rename one",
+                                ),
                         );
                     }
                 }
@@ -255,7 +262,9 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     anchor,
                 );
             }
-            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) if tag.is_some() => {
+            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag)
+                if tag.is_some() =>
+            {
                 let _ = anchor;
                 self.fatal = Some(
                     Diagnostic::error("YAML tags are not supported", Some(span))
@@ -313,7 +322,9 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                                 format!("YAML aliases expand to more than {MAX_NODES} nodes"),
                                 Some(span),
                             )
-                            .with_hint("a workflow file this large is almost certainly an alias bomb"),
+                            .with_hint(
+                                "a workflow file this large is almost certainly an alias bomb",
+                            ),
                         );
                         return;
                     }

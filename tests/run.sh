@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole kruntimes test suite on a fresh machine: installs the system
+# packages the tests need (Graphviz, to check `krt graph --format dot`), then
+# runs every test of every crate.
+#
+#   bash tests/run.sh            # all tests
+#   bash tests/run.sh plan::     # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v dot >/dev/null 2>&1; then
+    echo "tests/run.sh: installing graphviz (for the DOT output test)" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+fi
+
+cargo test --workspace --locked "$@"
