@@ -1,1 +1,3 @@
-mod x {}
+mod cli;
+mod crds;
+mod tls;
