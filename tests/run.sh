@@ -18,4 +18,7 @@ if ! command -v dot >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
 fi
 
+# The end-to-end tests run the real `krt` binary; `cargo test` builds only
+# test harnesses, so build the binary (same profile) first.
+cargo build --locked --bin krt
 cargo test --workspace --locked "$@"

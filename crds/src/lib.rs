@@ -7,6 +7,7 @@
 //! validates a `Workflow` by serialising its spec back to YAML and running the
 //! same planner the CLI runs; diagnostics are identical in both modes.
 
+pub mod duration;
 pub mod file;
 pub mod pool;
 pub mod run;

@@ -13,8 +13,8 @@ pub fn repo_root() -> PathBuf {
 
 /// Path of the `krt` binary built alongside the tests.
 ///
-/// `cargo test --workspace` (what `tests/run.sh` runs) builds it into the same
-/// target directory as the test binary.
+/// `tests/run.sh` builds it (`cargo build --bin krt`) into the same target
+/// directory as the test binary before running the tests.
 pub fn krt_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/krt
@@ -25,7 +25,7 @@ pub fn krt_bin() -> PathBuf {
         .expect("target directory");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `bash tests/run.sh` (cargo test --workspace), which builds krt",
+        "{} is missing: run the tests with `bash tests/run.sh`, which builds krt first (or run `cargo build --bin krt`)",
         bin.display()
     );
     bin

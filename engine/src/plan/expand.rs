@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 use super::ast::{MatrixAst, WorkflowAst};
 use super::dag;
 use super::diag::Diagnostic;
-use super::duration::parse_duration;
 use super::model::{DEFAULT_POOL, DEFAULT_TIMEOUT, Job, Node};
 use super::validate::to_dns_label;
+use kruntimes_crds::duration::parse_duration;
 
 /// Longest node name: a Kubernetes label value.
 const MAX_NODE_NAME: usize = 63;

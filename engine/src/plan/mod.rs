@@ -13,7 +13,6 @@
 pub mod ast;
 pub mod dag;
 pub mod diag;
-pub mod duration;
 pub mod expand;
 pub mod model;
 pub mod parse;

@@ -9,9 +9,9 @@ use indexmap::IndexMap;
 use super::ast::{EnvVarAst, JobAst, Text, WorkflowAst};
 use super::dag;
 use super::diag::{Diagnostic, Source, Span, did_you_mean};
-use super::duration::parse_duration;
 use super::model::{MAX_JOB_NAME, MAX_MATRIX_CELLS, MAX_RETRIES};
 use super::template::{self, FUNCTIONS, ROOTS};
+use kruntimes_crds::duration::parse_duration;
 
 /// True for names usable as (part of) a Kubernetes object name: lowercase
 /// letters, digits and `-`, starting and ending with a letter or digit.
