@@ -1,5 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/tests/e2e/`.
 
+pub mod http;
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

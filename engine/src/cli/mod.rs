@@ -3,6 +3,7 @@
 mod crds;
 mod exit;
 mod graph;
+mod runtime;
 mod validate;
 
 use std::io::IsTerminal;
@@ -27,6 +28,7 @@ Examples:
   krt graph ci.yaml                    show the jobs by level, with their needs
   krt graph ci.yaml --format dot | dot -Tsvg > ci.svg
   krt crds | kubectl apply -f -        install the CustomResourceDefinitions
+  krt runtime serve --token-file token serve runs over HTTP (a warm runtime)
 
 Exit codes:
   0  success            3  the workflow file is invalid
@@ -84,15 +86,30 @@ enum Command {
     Validate(validate::Args),
     Graph(graph::Args),
     Crds(crds::Args),
+    Runtime(runtime::Args),
 }
 
 /// Parses the command line, runs the verb and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.color);
     let exit = match cli.command {
         Command::Validate(args) => validate::run(args, cli.color),
         Command::Graph(args) => graph::run(args, cli.color),
         Command::Crds(args) => crds::run(args),
+        Command::Runtime(args) => runtime::run(args),
     };
     exit.into()
+}
+
+/// Diagnostics of long-running verbs (`runtime serve`) go to stderr through
+/// tracing; `KRT_LOG` sets the filter (default `warn`, e.g. `KRT_LOG=debug`).
+fn init_logging(color: Color) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KRT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color.stderr())
+        .try_init();
 }

@@ -1,3 +1,5 @@
 mod cli;
 mod crds;
+mod runtime;
+mod store;
 mod tls;
