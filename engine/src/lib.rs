@@ -2,4 +2,6 @@
 //! the Kubernetes controller and the `krt` CLI.
 
 pub mod cli;
+pub mod embedded;
 pub mod plan;
+pub mod scheduler;

@@ -15,6 +15,8 @@ pub enum Exit {
     Invalid = 3,
     /// An internal, I/O or store error.
     Internal = 4,
+    /// Cancelled by Ctrl-C (the shell convention for SIGINT).
+    Cancelled = 130,
 }
 
 impl From<Exit> for ExitCode {

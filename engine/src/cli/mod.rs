@@ -2,8 +2,14 @@
 
 mod crds;
 mod exit;
+mod explain;
 mod graph;
+mod logs;
+mod replay;
+mod run;
+mod runs;
 mod runtime;
+mod store;
 mod validate;
 
 use std::io::IsTerminal;
@@ -24,6 +30,10 @@ The same workflow file runs on one machine (`krt run`) or on Kubernetes
 
 const EXAMPLES: &str = "\
 Examples:
+  krt run ci.yaml                      run a workflow here; unchanged jobs come from the cache
+  krt runs                             recent runs;  krt logs latest build  a job's log
+  krt replay latest build --shell      run a recorded job again, then open a shell in it
+  krt explain ci.yaml build            why a job will not be served from the cache
   krt validate ci.yaml                 check a workflow file and report every problem
   krt graph ci.yaml                    show the jobs by level, with their needs
   krt graph ci.yaml --format dot | dot -Tsvg > ci.svg
@@ -31,9 +41,9 @@ Examples:
   krt runtime serve --token-file token serve runs over HTTP (a warm runtime)
 
 Exit codes:
-  0  success            3  the workflow file is invalid
-  1  the workflow failed 4  internal, I/O or store error
-  2  wrong command-line usage";
+  0  success                 3  the workflow file is invalid
+  1  the workflow failed     4  internal, I/O or store error
+  2  wrong command-line usage 130 cancelled (Ctrl-C)";
 
 /// The `krt` command line.
 #[derive(Debug, Parser)]
@@ -83,6 +93,11 @@ impl Color {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Run(run::Args),
+    Runs(runs::Args),
+    Logs(logs::Args),
+    Replay(replay::Args),
+    Explain(explain::Args),
     Validate(validate::Args),
     Graph(graph::Args),
     Crds(crds::Args),
@@ -93,13 +108,38 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.color);
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Replay(_) | Command::Runtime(_)
+    ) {
+        default_sigpipe();
+    }
     let exit = match cli.command {
+        Command::Run(args) => run::run(args, cli.color),
+        Command::Runs(args) => runs::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Explain(args) => explain::run(args, cli.color),
         Command::Validate(args) => validate::run(args, cli.color),
         Command::Graph(args) => graph::run(args, cli.color),
         Command::Crds(args) => crds::run(args),
         Command::Runtime(args) => runtime::run(args),
     };
     exit.into()
+}
+
+/// Short printing verbs die quietly on a closed pipe (`krt logs x | head`),
+/// like other Unix tools. Verbs that own child processes or sockets keep
+/// Rust's default (SIGPIPE ignored, write errors handled) so a closed pipe
+/// can never kill them while jobs are running.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called once at start-up, before any thread is spawned; SIG_DFL
+    // installs no handler code.
+    #[allow(unsafe_code)]
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
 }
 
 /// Diagnostics of long-running verbs (`runtime serve`) go to stderr through

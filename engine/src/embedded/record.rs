@@ -1,0 +1,144 @@
+//! Run records: what `krt runs`, `krt logs` and `krt replay` read. One ref
+//! per run (`refs/runs/<id>`) holding the workflow, parameters, source, and
+//! for every job its action (the exact rendered job and input digests, as a
+//! blob), result, outputs, artifacts and log digest.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kruntimes_crds::JobResult;
+use kruntimes_runtime::Digest;
+use kruntimes_runtime::cas::Store;
+use serde::{Deserialize, Serialize};
+
+/// Ref namespace of run records.
+pub const NAMESPACE: &str = "runs";
+
+/// One `krt run`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Run id, e.g. `hello-20261126-221503-3fa2`.
+    pub id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The workflow file as given.
+    pub file: String,
+    /// Parameter values.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Source tree digest.
+    pub source: Option<Digest>,
+    /// Start and end, ms since the epoch.
+    pub started_ms: u64,
+    /// End (0 while running).
+    pub finished_ms: u64,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub result: String,
+    /// Per job node, in plan order.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// One job node of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    /// Node name (`test-2`).
+    pub node: String,
+    /// Job key.
+    pub job: String,
+    /// Display name.
+    pub display: String,
+    /// Final result.
+    pub result: Option<JobResult>,
+    /// Served from the step cache.
+    pub cached: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The action blob (rendered job, inputs, source) of the last attempt.
+    pub action: Option<Digest>,
+    /// Outputs.
+    pub outputs: BTreeMap<String, String>,
+    /// Artifact tree digests.
+    pub artifacts: BTreeMap<String, Digest>,
+    /// Full log.
+    pub log: Option<Digest>,
+    /// Wall time of the last attempt.
+    pub duration_ms: u64,
+    /// Why it failed or was skipped.
+    pub message: Option<String>,
+}
+
+/// Stores (or replaces) a run record.
+pub async fn save(store: &Store, record: &RunRecord) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
+    store
+        .put_ref(NAMESPACE, &record.id, Bytes::from(bytes))
+        .await
+        .map_err(|e| format!("failed to store the run record: {e}"))
+}
+
+/// Reads a run record by id; `latest` (or a workflow name) picks the newest
+/// matching run.
+pub async fn load(store: &Store, id: &str) -> Result<RunRecord, String> {
+    let name = if id == "latest" || !id.chars().any(|c| c.is_ascii_digit()) {
+        let runs = store
+            .list_refs(NAMESPACE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = runs
+            .iter()
+            .find(|r| id == "latest" || r.name.starts_with(&format!("{id}-")))
+            .ok_or_else(|| {
+                format!(
+                    "no recorded run matches `{id}` in {} (hint: `krt runs` lists them)",
+                    store.url()
+                )
+            })?;
+        found.name.clone()
+    } else {
+        id.to_string()
+    };
+    let bytes = store
+        .get_ref(NAMESPACE, &name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no run `{name}` in {} (hint: `krt runs` lists them)",
+                store.url()
+            )
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the record of run `{name}` is not valid: {e}"))
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) for a time in ms since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_utc_calendar_times() {
+        assert_eq!(super::timestamp(0), "19700101-000000");
+        assert_eq!(super::timestamp(1_795_731_303_000), "20261126-221503");
+    }
+}
