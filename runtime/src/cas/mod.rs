@@ -17,6 +17,7 @@ mod cache;
 mod error;
 mod hash;
 mod manifest;
+mod refs;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ mod tree;
 pub use error::CasError;
 pub use hash::{HASH_CHUNK, hash_file, hash_reader};
 pub use manifest::{Entry, EntryKind, Manifest};
+pub use refs::RefInfo;
 pub use store::{
     DEFAULT_CACHE_MAX_BYTES, MULTIPART_THRESHOLD, PART_SIZE, Store, StoreOptions, UploadStats,
 };

@@ -430,6 +430,16 @@ impl Store {
         }
     }
 
+    /// The object store underneath.
+    pub(crate) fn backend(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.backend
+    }
+
+    /// Key prefix inside the bucket.
+    pub(crate) fn prefix(&self) -> &ObjectPath {
+        &self.inner.prefix
+    }
+
     /// The key of a blob relative to the store's prefix.
     fn blob_key(d: &Digest) -> String {
         format!("cas/sha256/{}", d.hex())

@@ -49,6 +49,25 @@ impl Store {
         self.upload_tree(root, found).await
     }
 
+    /// Captures exactly the listed paths (relative to `root`; a directory
+    /// means everything below it), for source snapshots where the caller
+    /// already decided what belongs (`.gitignore`). Paths that vanished
+    /// since they were listed are left out.
+    pub async fn capture_paths(&self, root: &Path, paths: Vec<String>) -> Result<Digest, CasError> {
+        let r = root.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = BTreeMap::new();
+            for p in &paths {
+                scan_path(&r, p, p, &mut found)?;
+            }
+            check_links(&r, &found)?;
+            Ok::<_, CasError>(found)
+        })
+        .await
+        .map_err(join_error)??;
+        self.upload_tree(root, found).await
+    }
+
     /// Captures everything under `root`.
     pub async fn capture_dir(&self, root: &Path) -> Result<Digest, CasError> {
         let r = root.to_path_buf();
