@@ -144,7 +144,6 @@ struct NodeRun {
     action: Option<Digest>,
     key: Option<Digest>,
     action_value: Option<Action>,
-    report: Option<NodeReport>,
     render_error: Option<String>,
     shown: bool,
 }
@@ -261,11 +260,11 @@ pub async fn run(
             action: None,
             key: None,
             action_value: None,
-            report: None,
             render_error: None,
             shown: false,
         })
         .collect();
+    let mut reports: Vec<Option<NodeReport>> = vec![None; selected.len()];
     let mut narrowed: HashMap<usize, Digest> = HashMap::new();
     let mut warnings = Vec::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -281,9 +280,7 @@ pub async fn run(
                 }
                 scheduler::Action::Decide { node, cancelled } => {
                     let n = selected[node];
-                    let reports: Vec<Option<NodeReport>> =
-                        runs.iter().map(|r| r.report.clone()).collect();
-                    let needs = need_states(plan, &selected, &reports);
+                    let needs = need_states(plan, &local, &reports, n);
                     let ctx = RenderContext {
                         params: &params,
                         needs: &needs,
@@ -305,15 +302,13 @@ pub async fn run(
                     runs[node].attempts = attempt;
                     let n = selected[node];
                     let display = plan.nodes[n].display.clone();
-                    let reports: Vec<Option<NodeReport>> =
-                        runs.iter().map(|r| r.report.clone()).collect();
                     let prepared = match &runs[node].render_error {
                         Some(e) => Err(e.clone()),
                         None => {
                             prepare(
                                 plan,
                                 store,
-                                &selected,
+                                &local,
                                 &reports,
                                 n,
                                 &params,
@@ -343,7 +338,7 @@ pub async fn run(
                                 match cache::lookup(store, &key).await {
                                     Ok(rec) => {
                                         runs[node].action = Some(rec.action);
-                                        runs[node].report = Some(NodeReport {
+                                        reports[node] = Some(NodeReport {
                                             node: plan.nodes[n].name.clone(),
                                             display: display.clone(),
                                             result: JobResult::Success,
@@ -410,7 +405,7 @@ pub async fn run(
                 actions.extend(more);
             }
             // Report nodes that just reached a final state.
-            report_finished(plan, &selected, &sched, &mut runs, ui);
+            report_finished(plan, &selected, &sched, &mut runs, &mut reports, ui);
         }
         if let Some(r) = done {
             break r;
@@ -422,7 +417,7 @@ pub async fn run(
                 ui.note("cancelling: stopping running jobs (press Ctrl-C again to exit at once)");
                 let more = sched.handle(scheduler::Input::Cancel).map_err(|e| EngineError::Internal(e.to_string()))?;
                 actions.extend(more);
-                report_finished(plan, &selected, &sched, &mut runs, ui);
+                report_finished(plan, &selected, &sched, &mut runs, &mut reports, ui);
                 continue;
             }
         };
@@ -481,7 +476,7 @@ pub async fn run(
                         }
                     }
                 }
-                runs[node].report = Some(NodeReport {
+                reports[node] = Some(NodeReport {
                     node: plan.nodes[n].name.clone(),
                     display: plan.nodes[n].display.clone(),
                     result: job_result,
@@ -503,10 +498,10 @@ pub async fn run(
                 actions.extend(more);
             }
         }
-        report_finished(plan, &selected, &sched, &mut runs, ui);
+        report_finished(plan, &selected, &sched, &mut runs, &mut reports, ui);
     };
 
-    let jobs: Vec<NodeReport> = runs.iter().filter_map(|r| r.report.clone()).collect();
+    let jobs: Vec<NodeReport> = reports.iter().flatten().cloned().collect();
     let record = RunRecord {
         id: run_id.clone(),
         workflow: plan.name.clone(),
@@ -519,8 +514,9 @@ pub async fn run(
         jobs: runs
             .iter()
             .zip(&selected)
-            .map(|(r, &n)| {
-                let rep = r.report.as_ref();
+            .enumerate()
+            .map(|(i, (r, &n))| {
+                let rep = reports[i].as_ref();
                 JobRecord {
                     node: plan.nodes[n].name.clone(),
                     job: plan.jobs[plan.nodes[n].job].key.clone(),
@@ -559,23 +555,29 @@ fn render_message(plan: &Plan, d: &crate::plan::Diagnostic) -> String {
         .to_string()
 }
 
-/// `needs.<job>` of every finished job: the worst result over its cells,
-/// outputs merged in cell order.
+/// `needs.<job>` of the finished jobs `node` needs (directly or not): the
+/// worst result over each job's cells, outputs merged in cell order.
+/// `reports` is indexed like `selected`; `local` maps a plan node to it.
 pub(crate) fn need_states(
     plan: &Plan,
-    selected: &[NodeId],
+    local: &HashMap<NodeId, usize>,
     reports: &[Option<NodeReport>],
+    node: NodeId,
 ) -> BTreeMap<String, NeedState> {
     let mut out: BTreeMap<String, NeedState> = BTreeMap::new();
-    for (i, &n) in selected.iter().enumerate() {
-        let Some(rep) = &reports[i] else { continue };
-        let key = plan.jobs[plan.nodes[n].job].key.clone();
-        let entry = out.entry(key).or_insert(NeedState {
-            result: rep.result,
-            outputs: BTreeMap::new(),
-        });
-        entry.result = worse(entry.result, rep.result);
-        entry.outputs.extend(rep.outputs.clone());
+    for j in plan.ancestors(plan.nodes[node].job) {
+        let key = &plan.jobs[j].key;
+        for cell in &plan.jobs[j].nodes {
+            let Some(rep) = local.get(cell).and_then(|&i| reports[i].as_ref()) else {
+                continue;
+            };
+            let entry = out.entry(key.clone()).or_insert(NeedState {
+                result: rep.result,
+                outputs: BTreeMap::new(),
+            });
+            entry.result = worse(entry.result, rep.result);
+            entry.outputs.extend(rep.outputs.clone());
+        }
     }
     out
 }
@@ -595,7 +597,7 @@ fn worse(a: JobResult, b: JobResult) -> JobResult {
 pub(crate) async fn prepare(
     plan: &Plan,
     store: &Store,
-    selected: &[NodeId],
+    local: &HashMap<NodeId, usize>,
     reports: &[Option<NodeReport>],
     n: NodeId,
     params: &BTreeMap<String, serde_json::Value>,
@@ -604,7 +606,7 @@ pub(crate) async fn prepare(
     narrowed: &mut HashMap<usize, Digest>,
     attempt: u32,
 ) -> Result<(Action, RunRequest), String> {
-    let needs = need_states(plan, selected, reports);
+    let needs = need_states(plan, local, reports, n);
     let ctx = RenderContext {
         params,
         needs: &needs,
@@ -622,7 +624,7 @@ pub(crate) async fn prepare(
             continue;
         };
         for &cell in &plan.jobs[src_id].nodes {
-            let Some(i) = selected.iter().position(|&x| x == cell) else {
+            let Some(&i) = local.get(&cell) else {
                 return Err(format!(
                     "input `{}` comes from job `{src}`, which is not part of this run (`--only`)",
                     input.value
@@ -740,6 +742,7 @@ fn report_finished(
     selected: &[NodeId],
     sched: &Scheduler,
     runs: &mut [NodeRun],
+    reports: &mut [Option<NodeReport>],
     ui: &mut dyn Ui,
 ) {
     for (i, &n) in selected.iter().enumerate() {
@@ -747,7 +750,7 @@ fn report_finished(
             continue;
         }
         let Some(fin) = sched.result(i) else { continue };
-        let report = match runs[i].report.take() {
+        let report = match reports[i].take() {
             Some(mut r) => {
                 r.result = fin.result;
                 r.attempts = fin.attempts;
@@ -775,7 +778,7 @@ fn report_finished(
             },
         };
         ui.finished(&report);
-        runs[i].report = Some(report);
+        reports[i] = Some(report);
         runs[i].shown = true;
     }
 }

@@ -62,7 +62,7 @@ pub async fn explain(
     let params = resolve_params(plan, params).map_err(|e| e.join("\n"))?;
     let src = source::snapshot(store, source_root).await?;
     let last = record::load(store, &plan.name).await.ok();
-    let selected: Vec<usize> = (0..plan.nodes.len()).collect();
+    let local: HashMap<usize, usize> = (0..plan.nodes.len()).map(|n| (n, n)).collect();
     let reports: Vec<Option<NodeReport>> = plan
         .nodes
         .iter()
@@ -92,7 +92,7 @@ pub async fn explain(
         let (action, _) = match prepare(
             plan,
             store,
-            &selected,
+            &local,
             &reports,
             n,
             &params,

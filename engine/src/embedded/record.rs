@@ -77,39 +77,70 @@ pub async fn save(store: &Store, record: &RunRecord) -> Result<(), String> {
         .map_err(|e| format!("failed to store the run record: {e}"))
 }
 
-/// Reads a run record by id; `latest` (or a workflow name) picks the newest
-/// matching run.
+/// Reads a run record by id; `latest` picks the newest run, and a workflow
+/// name the newest run of that workflow.
+///
+/// An exact id wins. A workflow name is matched against the whole run id
+/// (`<workflow>-YYYYMMDD-HHMMSS-xxxx`), so `ci` does not pick a run of
+/// `ci-nightly`, and names with digits (`k8s`) work too.
 pub async fn load(store: &Store, id: &str) -> Result<RunRecord, String> {
-    let name = if id == "latest" || !id.chars().any(|c| c.is_ascii_digit()) {
-        let runs = store
-            .list_refs(NAMESPACE)
-            .await
-            .map_err(|e| e.to_string())?;
-        let found = runs
-            .iter()
-            .find(|r| id == "latest" || r.name.starts_with(&format!("{id}-")))
-            .ok_or_else(|| {
-                format!(
-                    "no recorded run matches `{id}` in {} (hint: `krt runs` lists them)",
-                    store.url()
-                )
-            })?;
-        found.name.clone()
+    // Only a name a ref can have is looked up as is; anything else (`a/b`)
+    // gets the "no recorded run matches" answer below, not a ref-name error.
+    let plain = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let exact = if id == "latest" || !plain || id.starts_with('.') {
+        None
     } else {
-        id.to_string()
+        store
+            .get_ref(NAMESPACE, id)
+            .await
+            .map_err(|e| e.to_string())?
     };
-    let bytes = store
-        .get_ref(NAMESPACE, &name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "no run `{name}` in {} (hint: `krt runs` lists them)",
-                store.url()
-            )
-        })?;
+    let (name, bytes) = match exact {
+        Some(b) => (id.to_string(), b),
+        None => {
+            let runs = store
+                .list_refs(NAMESPACE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = runs
+                .iter()
+                .find(|r| id == "latest" || is_run_of(&r.name, id))
+                .ok_or_else(|| {
+                    format!(
+                        "no recorded run matches `{id}` in {} (hint: `krt runs` lists them)",
+                        store.url()
+                    )
+                })?;
+            let bytes = store
+                .get_ref(NAMESPACE, &found.name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("run `{}` vanished from {}", found.name, store.url()))?;
+            (found.name.clone(), bytes)
+        }
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("the record of run `{name}` is not valid: {e}"))
+}
+
+/// True when `run_id` is `<workflow>-YYYYMMDD-HHMMSS-xxxx`, the shape the
+/// driver gives run ids.
+fn is_run_of(run_id: &str, workflow: &str) -> bool {
+    let Some(rest) = run_id
+        .strip_prefix(workflow)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 15 => *c == b'-',
+            16.. => c.is_ascii_hexdigit(),
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) for a time in ms since the epoch.
@@ -136,6 +167,15 @@ pub fn timestamp(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_workflow_name_matches_only_its_own_run_ids() {
+        assert!(super::is_run_of("ci-20261126-221503-3fa2", "ci"));
+        assert!(super::is_run_of("k8s-20261126-221503-3fa2", "k8s"));
+        assert!(!super::is_run_of("ci-nightly-20261126-221503-3fa2", "ci"));
+        assert!(!super::is_run_of("ci-20261126-221503", "ci"));
+        assert!(!super::is_run_of("cix-20261126-221503-3fa2", "ci"));
+    }
+
     #[test]
     fn timestamps_are_utc_calendar_times() {
         assert_eq!(super::timestamp(0), "19700101-000000");

@@ -91,8 +91,19 @@ impl Plan {
 
     /// True when job `a` needs job `b`, directly or through other needs.
     pub fn depends_on(&self, a: JobId, b: JobId) -> bool {
-        let needs: Vec<Vec<usize>> = self.jobs.iter().map(|j| j.needs.clone()).collect();
-        super::dag::reaches(&needs, a, b)
+        self.ancestors(a).contains(&b)
+    }
+
+    /// Every job `job` needs, directly or through other needs.
+    pub fn ancestors(&self, job: JobId) -> std::collections::BTreeSet<JobId> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = self.jobs[job].needs.clone();
+        while let Some(j) = stack.pop() {
+            if seen.insert(j) {
+                stack.extend(self.jobs[j].needs.iter().copied());
+            }
+        }
+        seen
     }
 
     /// Number of levels.

@@ -131,15 +131,14 @@ impl Renderer<'_> {
         );
         status.insert("cancelled", ctx.cancelled);
         // Only the needs this job may read (checked at validation).
-        let needs: BTreeMap<&str, &NeedState> = ctx
-            .needs
-            .iter()
-            .filter(|(k, _)| {
-                self.plan
-                    .job(k)
-                    .is_some_and(|(id, _)| self.plan.depends_on(self.plan.nodes[self.node].job, id))
+        let needs: BTreeMap<&str, &NeedState> = self
+            .plan
+            .ancestors(self.plan.nodes[self.node].job)
+            .into_iter()
+            .filter_map(|id| {
+                let key = self.plan.jobs[id].key.as_str();
+                ctx.needs.get(key).map(|v| (key, v))
             })
-            .map(|(k, v)| (k.as_str(), v))
             .collect();
         let cell: BTreeMap<&str, &serde_json::Value> = self.plan.nodes[self.node]
             .cell

@@ -77,6 +77,15 @@ impl Store {
     /// Reads a ref; `None` when it does not exist.
     pub async fn get_ref(&self, namespace: &str, name: &str) -> Result<Option<Bytes>, CasError> {
         let loc = self.ref_location(namespace, name)?;
+        // Filesystem stores: read the file directly (refs are small).
+        if let Some(root) = self.local_root() {
+            let p = root.join("refs").join(namespace).join(name);
+            return match std::fs::read(&p) {
+                Ok(v) => Ok(Some(Bytes::from(v))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(CasError::io(p, e)),
+            };
+        }
         match self.backend().get(&loc).await {
             Ok(r) => r
                 .bytes()

@@ -39,6 +39,8 @@ use crate::digest::{Digest, Hasher};
 
 /// Files above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Files up to this size are read and hashed on the calling task.
+const INLINE_READ: u64 = 64 << 10;
 /// Size of one multipart part (S3 wants at least 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once.
@@ -435,6 +437,11 @@ impl Store {
         &self.inner.backend
     }
 
+    /// Root directory of a filesystem store.
+    pub(crate) fn local_root(&self) -> Option<&Path> {
+        self.inner.local_root.as_deref()
+    }
+
     /// Key prefix inside the bucket.
     pub(crate) fn prefix(&self) -> &ObjectPath {
         &self.inner.prefix
@@ -494,6 +501,16 @@ impl Store {
 
     /// Whether the store has the blob.
     pub async fn contains(&self, d: &Digest) -> Result<bool, CasError> {
+        // A filesystem store answers with one stat, without a round trip
+        // through object_store's blocking pool: cache lookups and source
+        // snapshots ask this for every file.
+        if let Some(p) = self.local_path(d) {
+            return match fs::metadata(&p) {
+                Ok(m) => Ok(m.is_file()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(CasError::io(p, e)),
+            };
+        }
         match self.inner.backend.head(&self.location(d)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -549,9 +566,17 @@ impl Store {
 
     /// [`Store::put_file`], also returning the number of bytes hashed.
     pub(crate) async fn put_file_sized(&self, path: &Path) -> Result<(Digest, u64), CasError> {
-        let meta = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| CasError::io(path, e))?;
+        // A stat is one fast syscall; not worth a blocking-pool round trip.
+        let meta = fs::metadata(path).map_err(|e| CasError::io(path, e))?;
+        if meta.len() <= INLINE_READ {
+            // Small files (most logs, manifests, many sources) are read and
+            // hashed in place: two thread hand-offs would cost more.
+            let v = fs::read(path).map_err(|e| CasError::io(path, e))?;
+            let d = Digest::of(&v);
+            let len = v.len() as u64;
+            self.put_if_absent(d, Bytes::from(v)).await?;
+            return Ok((d, len));
+        }
         if meta.len() <= MULTIPART_THRESHOLD {
             let p = path.to_path_buf();
             let (bytes, d) = tokio::task::spawn_blocking(move || {

@@ -1,5 +1,6 @@
 mod cli;
 mod crds;
+mod run;
 mod runtime;
 mod store;
 mod tls;
