@@ -21,20 +21,37 @@ use tokio_util::sync::CancellationToken;
 const RUNS: usize = 1000;
 
 async fn bare(shell: &'static str, parallel: usize) -> Duration {
+    bare_with(shell, parallel, false).await
+}
+
+/// The same spawn with the executor's process options: own process group,
+/// piped (and drained) stdout/stderr, a cleared environment.
+async fn bare_with(shell: &'static str, parallel: usize, like_executor: bool) -> Duration {
     let sem = Arc::new(Semaphore::new(parallel));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let permit = sem.clone().acquire_owned().await.unwrap();
         tasks.push(tokio::spawn(async move {
-            let status = tokio::process::Command::new(shell)
-                .args(["-c", "true"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .unwrap();
+            let mut cmd = tokio::process::Command::new(shell);
+            cmd.args(["-c", "true"]).stdin(Stdio::null());
+            let status = if like_executor {
+                cmd.process_group(0)
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .output()
+                    .await
+                    .unwrap()
+                    .status
+            } else {
+                cmd.stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .unwrap()
+            };
             assert!(status.success());
             drop(permit);
         }));
@@ -101,6 +118,7 @@ async fn main() {
     bare("sh", parallel).await;
 
     let sh_bare = bare("sh", parallel).await;
+    let sh_opts = bare_with("sh", parallel, true).await;
     let sh_exec = executor(&exec, Some("sh"), parallel, "sh").await;
     let bash_bare = bare("bash", parallel).await;
     let bash_exec = executor(&exec, None, parallel, "bash").await;
@@ -109,6 +127,11 @@ async fn main() {
         "  bare `sh -c true`            {:>8.1} ms  {}",
         sh_bare.as_secs_f64() * 1e3,
         per_run(sh_bare)
+    );
+    println!(
+        "  bare, pgroup + pipes + env   {:>8.1} ms  {}",
+        sh_opts.as_secs_f64() * 1e3,
+        per_run(sh_opts)
     );
     println!(
         "  executor, shell: sh          {:>8.1} ms  {}",
