@@ -87,6 +87,52 @@ struct TextUi {
     quiet: bool,
     width: usize,
     colors: std::collections::HashMap<String, &'static str>,
+    /// On a terminal: one live line per running job (state and elapsed
+    /// time) below the streamed logs.
+    live: Option<Live>,
+}
+
+struct Live {
+    bars: indicatif::MultiProgress,
+    running: std::collections::HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Live {
+    fn new() -> Self {
+        Self {
+            bars: indicatif::MultiProgress::new(),
+            running: Default::default(),
+        }
+    }
+
+    fn start(&mut self, display: &str, attempt: u32) {
+        let style = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let bar = self
+            .bars
+            .add(indicatif::ProgressBar::new_spinner().with_style(style));
+        let again = if attempt > 1 {
+            format!(" (attempt {attempt})")
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("{display}: running{again}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        self.running.insert(display.to_string(), bar);
+    }
+
+    fn finish(&mut self, display: &str) {
+        if let Some(bar) = self.running.remove(display) {
+            bar.finish_and_clear();
+            self.bars.remove(&bar);
+        }
+    }
+
+    fn println(&self, line: &str) {
+        if self.bars.println(line).is_err() {
+            out(line);
+        }
+    }
 }
 
 impl TextUi {
@@ -125,6 +171,9 @@ impl Ui for TextUi {
     }
 
     fn started(&mut self, display: &str, attempt: u32) {
+        if let Some(live) = self.live.as_mut() {
+            live.start(display, attempt);
+        }
         if self.quiet {
             return;
         }
@@ -134,7 +183,7 @@ impl Ui for TextUi {
         } else {
             String::new()
         };
-        out(&format!("{p} started{again}"));
+        self.emit(&format!("{p} started{again}"));
     }
 
     fn log(&mut self, display: &str, line: &LogLine) {
@@ -147,7 +196,7 @@ impl Ui for TextUi {
         } else {
             line.line.clone()
         };
-        out(&format!("{p} {text}"));
+        self.emit(&format!("{p} {text}"));
     }
 
     fn finished(&mut self, r: &NodeReport) {
@@ -167,11 +216,27 @@ impl Ui for TextUi {
                 format!("skipped: {}", r.message.clone().unwrap_or_default())
             }
         };
-        out(&format!("{p} {what}"));
+        if let Some(live) = self.live.as_mut() {
+            live.finish(&r.display);
+        }
+        self.emit(&format!("{p} {what}"));
     }
 
     fn note(&mut self, text: &str) {
-        eprintln!("krt: {text}");
+        match &self.live {
+            Some(live) => live.println(&format!("krt: {text}")),
+            None => eprintln!("krt: {text}"),
+        }
+    }
+}
+
+impl TextUi {
+    /// A line above the live status lines (or plain stdout without them).
+    fn emit(&self, line: &str) {
+        match &self.live {
+            Some(live) => live.println(line),
+            None => out(line),
+        }
     }
 }
 
@@ -308,6 +373,7 @@ pub fn run(args: Args, color: Color) -> Exit {
                 quiet: args.quiet,
                 width: plan_width,
                 colors: Default::default(),
+                live: stdout_tty.then(Live::new),
             };
             &mut text_ui
         };
