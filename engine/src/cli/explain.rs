@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use super::store::{StoreArg, error, parse_param, runtime};
 use super::{Color, Exit};
 use crate::embedded;
-use crate::plan;
 
 /// Say whether a job would be served from the step cache and, if not, what
 /// changed since its last recorded run: step text, env keys, input
@@ -30,12 +29,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args, color: Color) -> Exit {
-    let plan = match plan::plan_file(&args.file) {
+    let plan = match super::load_plan(&args.file, color) {
         Ok(p) => p,
-        Err(d) => {
-            eprint!("{}", d.render(color.stderr()));
-            return Exit::Invalid;
-        }
+        Err(exit) => return exit,
     };
     let result = (|| -> Result<(), String> {
         let store = args.store.open()?;

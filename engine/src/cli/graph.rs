@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use super::{Color, Exit};
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
 
 /// Show the planned DAG: one node per job (one per matrix cell), grouped by
 /// level, with needs and `if:` conditions.
@@ -37,17 +37,9 @@ pub enum Format {
 }
 
 pub fn run(args: Args, color: Color) -> Exit {
-    let p = match plan::plan_file(&args.file) {
+    let p = match super::load_plan(&args.file, color) {
         Ok(p) => p,
-        Err(d) => {
-            eprint!("{}", d.render(color.stderr()));
-            eprintln!(
-                "invalid: {}: {} error(s)",
-                args.file.display(),
-                d.error_count()
-            );
-            return Exit::Invalid;
-        }
+        Err(exit) => return exit,
     };
     let out = match args.format {
         Format::Text => text(&p),

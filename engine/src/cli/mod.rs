@@ -104,6 +104,26 @@ enum Command {
     Runtime(runtime::Args),
 }
 
+/// Plans a workflow file for a verb that needs a valid one: on errors, prints
+/// the diagnostics and a summary line to stderr and returns `Exit::Invalid`;
+/// warnings are printed and planning goes on.
+pub(crate) fn load_plan(file: &std::path::Path, color: Color) -> Result<crate::plan::Plan, Exit> {
+    match crate::plan::plan_file(file) {
+        Ok(p) => {
+            if !p.warnings.is_empty() {
+                let d = crate::plan::Diagnostics::new(p.source.clone(), p.warnings.clone());
+                eprint!("{}", d.render(color.stderr()));
+            }
+            Ok(p)
+        }
+        Err(d) => {
+            eprint!("{}", d.render(color.stderr()));
+            eprintln!("invalid: {}: {} error(s)", file.display(), d.error_count());
+            Err(Exit::Invalid)
+        }
+    }
+}
+
 /// Parses the command line, runs the verb and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

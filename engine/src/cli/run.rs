@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use super::store::{StoreArg, error, parse_param, runtime};
 use super::{Color, Exit};
 use crate::embedded::{self, NodeReport, RunOptions, Ui};
-use crate::plan;
 use crate::scheduler::WorkflowResult;
 
 /// Run a workflow on this machine: plan it, snapshot the source tree, run
@@ -290,25 +289,10 @@ fn summary(report: &embedded::RunReport) -> String {
 }
 
 pub fn run(args: Args, color: Color) -> Exit {
-    let plan = match plan::plan_file(&args.file) {
+    let plan = match super::load_plan(&args.file, color) {
         Ok(p) => p,
-        Err(d) => {
-            eprint!("{}", d.render(color.stderr()));
-            eprintln!(
-                "invalid: {}: {} error(s)",
-                args.file.display(),
-                d.error_count()
-            );
-            return Exit::Invalid;
-        }
+        Err(exit) => return exit,
     };
-    if !plan.warnings.is_empty() {
-        eprint!(
-            "{}",
-            plan::Diagnostics::new(plan.source.clone(), plan.warnings.clone())
-                .render(color.stderr())
-        );
-    }
     let store = match args.store.open() {
         Ok(s) => s,
         Err(e) => {
