@@ -80,18 +80,6 @@ pub fn spawn(argv: &[String], cwd: &Path, env: &[(String, String)]) -> std::io::
     cmd.spawn()
 }
 
-/// The executable `prog` names: itself when it holds a `/` (relative to the
-/// workspace), else the first match on `path`.
-fn resolve(prog: &str, path: &str, cwd: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if prog.contains('/') {
-        return Some(cwd.join(prog));
-    }
-    std::env::split_paths(path).map(|d| d.join(prog)).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
-}
-
 /// True while any live (not zombie) process of the group exists.
 ///
 /// `killpg(pgid, 0)` is the fast answer when the group is gone. When it says
