@@ -160,13 +160,24 @@ fn out(line: &str) {
     let _ = writeln!(o, "{line}");
 }
 
+fn jobs(n: usize) -> String {
+    if n == 1 {
+        "1 job".into()
+    } else {
+        format!("{n} jobs")
+    }
+}
+
 fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 impl Ui for TextUi {
     fn begin(&mut self, run_id: &str, workflow: &str, nodes: usize) {
-        eprintln!("krt: running workflow `{workflow}` ({nodes} jobs) as {run_id}");
+        eprintln!(
+            "krt: running workflow `{workflow}` ({}) as {run_id}",
+            jobs(nodes)
+        );
     }
 
     fn started(&mut self, display: &str, attempt: u32) {
@@ -278,11 +289,11 @@ fn summary(report: &embedded::RunReport) -> String {
     }
     let cached = report.jobs.iter().filter(|j| j.cached).count();
     out.push_str(&format!(
-        "\nworkflow {} {} in {} ({} jobs, {cached} cached) - run {}\n",
+        "\nworkflow {} {} in {} ({}, {cached} cached) - run {}\n",
         report.workflow,
         format!("{:?}", report.result).to_lowercase(),
         secs(report.duration_ms),
-        report.jobs.len(),
+        jobs(report.jobs.len()),
         report.id
     ));
     out
