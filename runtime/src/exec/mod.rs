@@ -204,7 +204,7 @@ pub enum RunEvent {
         /// Milliseconds since the Unix epoch.
         at_ms: u64,
     },
-    /// A step's process started.
+    /// A step's process started (sent once the process exists).
     StepStarted {
         /// Index from 0.
         step: usize,
@@ -212,6 +212,8 @@ pub enum RunEvent {
         name: String,
         /// Milliseconds since the Unix epoch.
         at_ms: u64,
+        /// Microseconds since the Unix epoch, for latency measurements.
+        at_us: u64,
     },
     /// A log line.
     Log(LogLine),
@@ -265,6 +267,12 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -610,13 +618,6 @@ impl Executor {
                 return (Err((RunPhase::Failed, msg)), outcome);
             }
         };
-        let _ = events
-            .send(RunEvent::StepStarted {
-                step: i,
-                name: name.clone(),
-                at_ms: now_ms(),
-            })
-            .await;
         let mut child = match process::spawn(&argv, &ws.ws, &env) {
             Ok(c) => c,
             Err(e) => {
@@ -632,6 +633,15 @@ impl Executor {
                 return (Err((RunPhase::Failed, msg)), outcome);
             }
         };
+        let at_us = now_us();
+        let _ = events
+            .send(RunEvent::StepStarted {
+                step: i,
+                name: name.clone(),
+                at_ms: at_us / 1000,
+                at_us,
+            })
+            .await;
         let pgid = child.id().map_or(0, |p| p as i32);
         let readers = [
             child
