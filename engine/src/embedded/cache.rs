@@ -149,48 +149,26 @@ pub async fn save(store: &Store, record: &CacheRecord) -> Result<(), String> {
         .map_err(|e| format!("failed to store the cache record: {e}"))
 }
 
-/// Latest action recorded for a node, for `krt explain` (ref `last/<workflow>.<node>`).
-pub const LAST_NAMESPACE: &str = "last";
-
-/// Remembers the action a node last ran (or was served) with.
-pub async fn remember_last(
-    store: &Store,
-    workflow: &str,
-    node: &str,
-    action: &Action,
-) -> Result<Digest, String> {
-    let d = store
+/// Stores an action as a blob (what a run record points to, for
+/// `krt explain` and `krt replay`).
+pub async fn store_action(store: &Store, action: &Action) -> Result<Digest, String> {
+    store
         .put_bytes(Bytes::from(action.to_bytes()))
         .await
-        .map_err(|e| format!("failed to store the action: {e}"))?;
-    store
-        .put_ref(
-            LAST_NAMESPACE,
-            &format!("{workflow}.{node}"),
-            Bytes::from(d.to_string()),
-        )
-        .await
-        .map_err(|e| format!("failed to store the action: {e}"))?;
-    Ok(d)
+        .map_err(|e| format!("failed to store the action: {e}"))
 }
 
-/// The action a node last ran with, if any.
+/// The action a node last ran with: from the newest run record of the
+/// workflow that ran it. Run records already hold this, so no separate
+/// "last action" state is kept.
 pub async fn last_action(
     store: &Store,
     workflow: &str,
     node: &str,
 ) -> Result<Option<Action>, String> {
-    let Some(r) = store
-        .get_ref(LAST_NAMESPACE, &format!("{workflow}.{node}"))
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(d) = super::record::latest_action(store, workflow, node).await? else {
         return Ok(None);
     };
-    let d: Digest = String::from_utf8_lossy(&r)
-        .trim()
-        .parse()
-        .map_err(|e| format!("{e}"))?;
     let bytes = store.get_bytes(&d).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes)
         .map(Some)

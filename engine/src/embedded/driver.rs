@@ -449,9 +449,7 @@ pub async fn run(
                 // Remember the action (for explain and replay) and, on
                 // success, the cache record.
                 if let Some(action) = runs[node].action_value.clone() {
-                    match cache::remember_last(store, &plan.name, &plan.nodes[n].name, &action)
-                        .await
-                    {
+                    match cache::store_action(store, &action).await {
                         Ok(d) => runs[node].action = Some(d),
                         Err(e) => warnings.push(e),
                     }

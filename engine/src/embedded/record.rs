@@ -125,6 +125,33 @@ pub async fn load(store: &Store, id: &str) -> Result<RunRecord, String> {
         .map_err(|e| format!("the record of run `{name}` is not valid: {e}"))
 }
 
+/// The action digest of `node` in the newest run of `workflow` that ran it
+/// (runs that skipped it, or left it out with `--only`, are passed over).
+pub async fn latest_action(
+    store: &Store,
+    workflow: &str,
+    node: &str,
+) -> Result<Option<Digest>, String> {
+    let runs = store
+        .list_refs(NAMESPACE)
+        .await
+        .map_err(|e| e.to_string())?;
+    for r in runs.iter().filter(|r| is_run_of(&r.name, workflow)) {
+        let Ok(rec) = load(store, &r.name).await else {
+            continue;
+        };
+        if let Some(d) = rec
+            .jobs
+            .iter()
+            .find(|j| j.node == node)
+            .and_then(|j| j.action)
+        {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
+}
+
 /// True when `run_id` is `<workflow>-YYYYMMDD-HHMMSS-xxxx`, the shape the
 /// driver gives run ids.
 fn is_run_of(run_id: &str, workflow: &str) -> bool {

@@ -95,12 +95,59 @@ pub(crate) struct Piece {
     pub text: String,
 }
 
+/// Log bytes kept in memory before the log spills to its file: most jobs
+/// log little, and a file per run costs an inode created and deleted.
+pub const IN_MEMORY_LOG: usize = 1 << 20;
+
+/// Where the whole log ended up.
+#[derive(Debug)]
+pub(crate) enum LogBody {
+    /// Small enough to stay in memory.
+    Memory(Vec<u8>),
+    /// Spilled to this file.
+    File(PathBuf),
+}
+
 /// What the logger leaves behind.
 #[derive(Debug)]
 pub(crate) struct LogSummary {
-    pub path: PathBuf,
+    pub body: LogBody,
     pub tail: String,
     pub error: Option<String>,
+}
+
+/// The log's NDJSON: in memory until [`IN_MEMORY_LOG`], then in a file.
+struct Sink {
+    path: PathBuf,
+    memory: Vec<u8>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            return f.write_all(bytes);
+        }
+        self.memory.extend_from_slice(bytes);
+        if self.memory.len() > IN_MEMORY_LOG {
+            let mut f =
+                std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&self.path)?);
+            f.write_all(&self.memory)?;
+            self.memory = Vec::new();
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<LogBody> {
+        match self.file {
+            Some(mut f) => {
+                f.flush()?;
+                Ok(LogBody::File(self.path))
+            }
+            None => Ok(LogBody::Memory(self.memory)),
+        }
+    }
 }
 
 /// Starts the logger task. Send [`Piece`]s to the returned sender; drop
@@ -114,13 +161,11 @@ pub(crate) fn spawn_logger(
     let (tx, mut rx) = mpsc::channel::<Piece>(1024);
     let handle = tokio::spawn(async move {
         let mut error = None;
-        let mut file = match std::fs::File::create(&path) {
-            Ok(f) => Some(std::io::BufWriter::with_capacity(256 * 1024, f)),
-            Err(e) => {
-                error = Some(format!("cannot create log file {}: {e}", path.display()));
-                None
-            }
-        };
+        let mut sink = Some(Sink {
+            path: path.clone(),
+            memory: Vec::new(),
+            file: None,
+        });
         let mut tail: VecDeque<String> = VecDeque::new();
         let mut tail_bytes = 0usize;
         let mut events_open = true;
@@ -131,12 +176,12 @@ pub(crate) fn spawn_logger(
                 stream: p.stream,
                 line: masker.mask(&p.text),
             };
-            if let Some(f) = file.as_mut() {
+            if let Some(s) = sink.as_mut() {
                 let mut json = serde_json::to_vec(&line).unwrap_or_default();
                 json.push(b'\n');
-                if let Err(e) = f.write_all(&json) {
+                if let Err(e) = s.write(&json) {
                     error.get_or_insert(format!("cannot write log file {}: {e}", path.display()));
-                    file = None;
+                    sink = None;
                 }
             }
             tail_bytes += line.line.len() + 1;
@@ -152,18 +197,21 @@ pub(crate) fn spawn_logger(
                 events_open = false;
             }
         }
-        if let Some(mut f) = file
-            && let Err(e) = f.flush()
-        {
-            error.get_or_insert(format!("cannot write log file {}: {e}", path.display()));
-        }
+        let body = match sink.map(Sink::finish) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                error.get_or_insert(format!("cannot write log file {}: {e}", path.display()));
+                LogBody::Memory(Vec::new())
+            }
+            None => LogBody::Memory(Vec::new()),
+        };
         let mut tail_text = String::with_capacity(tail_bytes);
         for l in tail {
             tail_text.push_str(&l);
             tail_text.push('\n');
         }
         LogSummary {
-            path,
+            body,
             tail: tail_text,
             error,
         }

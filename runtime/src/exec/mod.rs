@@ -317,10 +317,11 @@ impl Executor {
             req.attempt,
             std::process::id()
         ));
+        // The run's own files (outputs, scripts, a spilled log) sit beside
+        // the workspace, in the run directory: one directory fewer per run.
         let ws = root.join("ws");
-        let meta = root.join("meta");
         std::fs::create_dir_all(&ws)?;
-        std::fs::create_dir_all(&meta)?;
+        let meta = root.clone();
         Ok(Workspace { root, ws, meta })
     }
 
@@ -533,7 +534,11 @@ impl Executor {
                 }
                 message.get_or_insert(err);
             } else {
-                match self.store.put_file(&log.path).await {
+                let stored = match log.body {
+                    logs::LogBody::Memory(bytes) => self.store.put_bytes(bytes.into()).await,
+                    logs::LogBody::File(path) => self.store.put_file(&path).await,
+                };
+                match stored {
                     Ok(d) => result.log_digest = Some(d),
                     Err(e) => {
                         if phase == RunPhase::Succeeded {
