@@ -104,11 +104,6 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// The sha256 of `bytes` as lowercase hex (64 characters).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Digest::of(bytes).hex()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,11 +89,6 @@ impl Plan {
         self.jobs.iter().enumerate().find(|(_, j)| j.key == key)
     }
 
-    /// True when job `a` needs job `b`, directly or through other needs.
-    pub fn depends_on(&self, a: JobId, b: JobId) -> bool {
-        self.ancestors(a).contains(&b)
-    }
-
     /// Every job `job` needs, directly or through other needs.
     pub fn ancestors(&self, job: JobId) -> std::collections::BTreeSet<JobId> {
         let mut seen = std::collections::BTreeSet::new();
@@ -104,10 +99,5 @@ impl Plan {
             }
         }
         seen
-    }
-
-    /// Number of levels.
-    pub fn level_count(&self) -> usize {
-        self.nodes.iter().map(|n| n.level + 1).max().unwrap_or(0)
     }
 }
