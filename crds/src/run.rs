@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -164,12 +164,16 @@ pub struct RunStatus {
     /// Pod running the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// When the current attempt's first step started.
+    /// When the current attempt was assigned to a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
+    pub scheduled_time: Option<MicroTime>,
+    /// When the current attempt's first step process started (as the runtime
+    /// saw it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<MicroTime>,
     /// When the Run reached its final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
+    pub completion_time: Option<MicroTime>,
     /// Exit code of the last step that ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -236,10 +240,10 @@ pub struct AttemptRecord {
     pub phase: Option<RunPhase>,
     /// Start of the attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
+    pub start_time: Option<MicroTime>,
     /// End of the attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
+    pub completion_time: Option<MicroTime>,
     /// Exit code of the last step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,

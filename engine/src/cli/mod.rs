@@ -1,5 +1,6 @@
 //! The `krt` command line: one file per verb, each returning an exit code.
 
+mod controller;
 mod crds;
 mod exit;
 mod explain;
@@ -9,6 +10,7 @@ mod replay;
 mod run;
 mod runs;
 mod runtime;
+mod self_install;
 mod store;
 mod validate;
 
@@ -39,6 +41,7 @@ Examples:
   krt graph ci.yaml --format dot | dot -Tsvg > ci.svg
   krt crds | kubectl apply -f -        install the CustomResourceDefinitions
   krt runtime serve --token-file token serve runs over HTTP (a warm runtime)
+  krt controller                       cluster mode: RuntimePools and Run dispatch
 
 Exit codes:
   0  success                 3  the workflow file is invalid
@@ -102,6 +105,9 @@ enum Command {
     Graph(graph::Args),
     Crds(crds::Args),
     Runtime(runtime::Args),
+    Controller(controller::Args),
+    #[command(hide = true)]
+    SelfInstall(self_install::Args),
 }
 
 /// Plans a workflow file for a verb that needs a valid one: on errors, prints
@@ -130,7 +136,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.color);
     if !matches!(
         cli.command,
-        Command::Run(_) | Command::Replay(_) | Command::Runtime(_)
+        Command::Run(_) | Command::Replay(_) | Command::Runtime(_) | Command::Controller(_)
     ) {
         default_sigpipe();
     }
@@ -144,6 +150,8 @@ pub fn main() -> ExitCode {
         Command::Graph(args) => graph::run(args, cli.color),
         Command::Crds(args) => crds::run(args),
         Command::Runtime(args) => runtime::run(args),
+        Command::Controller(args) => controller::run(args),
+        Command::SelfInstall(args) => self_install::run(args),
     };
     exit.into()
 }

@@ -1,0 +1,64 @@
+//! Writes Run status with server-side apply under one field manager.
+//! Latest wins: a writer always applies the newest status it was given, so a
+//! fast Run may go from Scheduled straight to Succeeded in fewer writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kruntimes_crds::{Run, RunStatus};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::sync::watch;
+
+use crate::names::MANAGER;
+
+/// Handle to a Run's status writer.
+#[derive(Debug)]
+pub(crate) struct StatusWriter {
+    tx: watch::Sender<Option<Arc<RunStatus>>>,
+}
+
+impl StatusWriter {
+    pub(crate) fn start(client: kube::Client, ns: String, name: String) -> Self {
+        let (tx, mut rx) = watch::channel::<Option<Arc<RunStatus>>>(None);
+        tokio::spawn(async move {
+            let api: Api<Run> = Api::namespaced(client, &ns);
+            let pp = PatchParams::apply(MANAGER).force();
+            loop {
+                if rx.changed().await.is_err() {
+                    // The sender is gone; everything it sent was written.
+                    return;
+                }
+                let Some(status) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let patch = serde_json::json!({
+                    "apiVersion": "kruntimes.io/v1alpha1",
+                    "kind": "Run",
+                    "status": &*status,
+                });
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
+                        Ok(_) => break,
+                        Err(kube::Error::Api(e)) if e.code == 404 => return,
+                        Err(e) => {
+                            tracing::warn!(run = %name, namespace = %ns, error = %e, "writing Run status failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                            // A newer status replaces the one that failed.
+                            if rx.has_changed().unwrap_or(false) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        StatusWriter { tx }
+    }
+
+    pub(crate) fn set(&self, status: &RunStatus) {
+        self.tx.send_replace(Some(Arc::new(status.clone())));
+    }
+}
