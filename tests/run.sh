@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole kruntimes test suite on a fresh machine: installs the system
-# packages the tests need (Graphviz, to check `krt graph --format dot`), then
-# runs every test of every crate.
+# packages the tests need (Graphviz, to check `krt graph --format dot`),
+# builds the Kubernetes 1.20 test cluster's binaries once (cached under
+# ~/.cache/kruntimes; see tests/cluster/build.sh), then runs every test of
+# every crate.
 #
 #   bash tests/run.sh            # all tests
 #   bash tests/run.sh plan::     # extra arguments go to `cargo test`
@@ -17,6 +19,12 @@ if ! command -v dot >/dev/null 2>&1; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
 fi
+
+# kube-apiserver and kube-controller-manager from Debian's source package,
+# etcd and kubectl from Debian's packages: several minutes the first time,
+# a cache check afterwards.
+KRT_CLUSTER_BIN="$(bash tests/cluster/build.sh | tail -n 1)"
+export KRT_CLUSTER_BIN
 
 # The end-to-end tests run the real `krt` binary; `cargo test` builds only
 # test harnesses, so build the binary (same profile) first.

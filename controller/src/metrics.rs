@@ -105,7 +105,12 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .render(&mut out, "krt_controller_completion_latency_seconds");
         let _ = writeln!(out, "# TYPE krt_controller_runs_total counter");
-        for (phase, n) in self.results.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (phase, n) in self
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "krt_controller_runs_total{{result=\"{phase}\"}} {n}");
         }
         let _ = writeln!(out, "# TYPE krt_controller_reconcile_errors_total counter");

@@ -82,7 +82,11 @@ pub(crate) async fn reconcile(pool: Arc<RuntimePool>, ctx: Arc<Context>) -> Resu
     let slots = pool.spec.slots;
     let busy = ctx.slots.busy(&ns, &pool.name_any());
     let (status_value, reason, message) = if pool.spec.replicas == 0 {
-        ("False", "ScaledToZero", "the pool has 0 replicas".to_string())
+        (
+            "False",
+            "ScaledToZero",
+            "the pool has 0 replicas".to_string(),
+        )
     } else if ready >= pool.spec.replicas {
         (
             "True",
@@ -326,5 +330,100 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.into(),
         read_only: read_only.then_some(true),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> RuntimePool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kruntimes.io/v1alpha1",
+            "kind": "RuntimePool",
+            "metadata": {"name": "p", "namespace": "ci", "uid": "u1"},
+            "spec": {"image": "rust:1.88", "replicas": 3, "slots": 6,
+                     "env": [{"name": "CARGO_HOME", "value": "/cache/cargo"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_deployment_copies_krt_into_any_image_and_probes_health() {
+        let store = vec![
+            ("KRT_STORE".to_string(), "s3://b/p".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "hush".to_string()),
+        ];
+        let d = build_deployment(&pool(), "reg/krt:1", &store);
+        assert_eq!(d.metadata.name.as_deref(), Some("krt-p"));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        let init = &pod.init_containers.unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some("reg/krt:1"));
+        assert_eq!(
+            init.command.as_ref().unwrap(),
+            &vec![
+                "/krt".to_string(),
+                "self-install".into(),
+                "/opt/kruntimes/bin/krt".into()
+            ]
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("rust:1.88"));
+        assert_eq!(c.command.as_ref().unwrap()[0], "/opt/kruntimes/bin/krt");
+        let env = c.env.as_ref().unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).unwrap();
+        assert_eq!(get("KRT_LISTEN").value.as_deref(), Some("$(POD_IP):7070"));
+        assert_eq!(get("KRT_SLOTS").value.as_deref(), Some("6"));
+        assert_eq!(get("CARGO_HOME").value.as_deref(), Some("/cache/cargo"));
+        // Credentials never appear as plain values in the pod spec.
+        let secret = get("AWS_SECRET_ACCESS_KEY");
+        assert!(secret.value.is_none());
+        assert_eq!(
+            secret
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "krt-p"
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/v1/health"));
+        // A store change rolls the pods.
+        let other = build_deployment(&pool(), "reg/krt:1", &store[..1]);
+        let hash = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()["kruntimes.io/config-hash"]
+                .clone()
+        };
+        assert_ne!(
+            hash(&build_deployment(&pool(), "reg/krt:1", &store)),
+            hash(&other)
+        );
+    }
+
+    #[test]
+    fn tokens_are_long_and_random() {
+        let (a, b) = (generate_token(), generate_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
     }
 }

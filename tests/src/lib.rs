@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests in `tests/tests/e2e/`.
 
+pub mod cluster;
 pub mod http;
 pub mod s3;
 

@@ -99,10 +99,17 @@ async fn follow(
     let id = spec.request.id.clone();
 
     // POST (idempotent: adopting a running attempt returns it).
-    let body = serde_json::to_vec(&spec.request).map_err(|e| AttemptEvent::Rejected(e.to_string()))?;
-    let resp = send(http, Method::POST, &format!("{base}/v1/runs"), &spec.token, Some(body))
-        .await
-        .map_err(|e| AttemptEvent::Lost(format!("POST to the runtime at {} failed: {e}", spec.addr)))?;
+    let body =
+        serde_json::to_vec(&spec.request).map_err(|e| AttemptEvent::Rejected(e.to_string()))?;
+    let resp = send(
+        http,
+        Method::POST,
+        &format!("{base}/v1/runs"),
+        &spec.token,
+        Some(body),
+    )
+    .await
+    .map_err(|e| AttemptEvent::Lost(format!("POST to the runtime at {} failed: {e}", spec.addr)))?;
     match resp.0 {
         StatusCode::OK | StatusCode::CREATED => {}
         StatusCode::TOO_MANY_REQUESTS => return Err(AttemptEvent::Busy),
@@ -148,7 +155,14 @@ async fn follow(
     loop {
         if cancel.is_cancelled() && !cancel_sent {
             cancel_sent = true;
-            let _ = send(http, Method::DELETE, &format!("{base}/v1/runs/{id}"), &spec.token, None).await;
+            let _ = send(
+                http,
+                Method::DELETE,
+                &format!("{base}/v1/runs/{id}"),
+                &spec.token,
+                None,
+            )
+            .await;
         }
         let url = format!("{base}/v1/runs/{id}/events?from={next}");
         let req = Request::builder()
@@ -164,13 +178,23 @@ async fn follow(
         let resp = match resp {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                wait_unreachable(&mut unreachable_since, spec.lost_after, &spec.addr, &e.to_string())
-                    .await?;
+                wait_unreachable(
+                    &mut unreachable_since,
+                    spec.lost_after,
+                    &spec.addr,
+                    &e.to_string(),
+                )
+                .await?;
                 continue;
             }
             Err(_) => {
-                wait_unreachable(&mut unreachable_since, spec.lost_after, &spec.addr, "no answer in 10s")
-                    .await?;
+                wait_unreachable(
+                    &mut unreachable_since,
+                    spec.lost_after,
+                    &spec.addr,
+                    "no answer in 10s",
+                )
+                .await?;
                 continue;
             }
         };
@@ -337,7 +361,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
 }
 
@@ -349,9 +377,10 @@ async fn resolve_secrets(
     let api: Api<Secret> = Api::namespaced(kube.clone(), ns);
     let mut out = BTreeMap::new();
     for r in refs {
-        let secret = api.get_opt(&r.secret_name).await.map_err(|e| {
-            AttemptEvent::Lost(format!("reading Secret `{}`: {e}", r.secret_name))
-        })?;
+        let secret = api
+            .get_opt(&r.secret_name)
+            .await
+            .map_err(|e| AttemptEvent::Lost(format!("reading Secret `{}`: {e}", r.secret_name)))?;
         let Some(secret) = secret else {
             return Err(AttemptEvent::Rejected(format!(
                 "secretEnv `{}`: Secret `{}` does not exist in namespace `{ns}`",
@@ -363,7 +392,12 @@ async fn resolve_secrets(
             .as_ref()
             .and_then(|d| d.get(&r.key))
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key).cloned()));
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key).cloned())
+            });
         let Some(value) = value else {
             return Err(AttemptEvent::Rejected(format!(
                 "secretEnv `{}`: Secret `{}` has no key `{}`",

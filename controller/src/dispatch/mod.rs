@@ -29,9 +29,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::Options;
 use crate::metrics::Metrics;
 use crate::names::*;
-use crate::Options;
 use attempt::{AttemptEvent, AttemptSpec, Http};
 use status::StatusWriter;
 
@@ -105,7 +105,10 @@ struct PoolInfo {
 enum State {
     Queued,
     Backoff,
-    Adopt { pod: String, attempt: u32 },
+    Adopt {
+        pod: String,
+        attempt: u32,
+    },
     Active {
         pod: PodKey,
         attempt: u32,
@@ -176,7 +179,14 @@ impl Dispatcher {
     ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ns = opts.namespace.clone();
-        spawn_watch::<Run>(&client, ns.as_deref(), watcher::Config::default(), tx.clone(), Msg::Run, &metrics);
+        spawn_watch::<Run>(
+            &client,
+            ns.as_deref(),
+            watcher::Config::default(),
+            tx.clone(),
+            Msg::Run,
+            &metrics,
+        );
         spawn_watch::<Pod>(
             &client,
             ns.as_deref(),
@@ -316,7 +326,13 @@ fn is_terminal(p: Option<RunPhase>) -> bool {
     )
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
@@ -402,17 +418,42 @@ impl Inner {
     }
 
     fn synced(&self) -> bool {
-        self.runs_init.synced && self.pods_init.synced && self.pools_init.synced && self.secrets_init.synced
+        self.runs_init.synced
+            && self.pods_init.synced
+            && self.pools_init.synced
+            && self.secrets_init.synced
     }
 
     fn handle(&mut self, msg: Msg, touched: &mut HashSet<PoolKey>) {
         match msg {
-            Msg::Run(ev) => self.on_watch(ev, touched, |s| &mut s.runs_init, Self::on_run, Self::on_run_gone),
-            Msg::Pod(ev) => self.on_watch(ev, touched, |s| &mut s.pods_init, Self::on_pod, Self::on_pod_gone),
-            Msg::Pool(ev) => self.on_watch(ev, touched, |s| &mut s.pools_init, Self::on_pool, Self::on_pool_gone),
-            Msg::Secret(ev) => {
-                self.on_watch(ev, touched, |s| &mut s.secrets_init, Self::on_secret, Self::on_secret_gone)
-            }
+            Msg::Run(ev) => self.on_watch(
+                ev,
+                touched,
+                |s| &mut s.runs_init,
+                Self::on_run,
+                Self::on_run_gone,
+            ),
+            Msg::Pod(ev) => self.on_watch(
+                ev,
+                touched,
+                |s| &mut s.pods_init,
+                Self::on_pod,
+                Self::on_pod_gone,
+            ),
+            Msg::Pool(ev) => self.on_watch(
+                ev,
+                touched,
+                |s| &mut s.pools_init,
+                Self::on_pool,
+                Self::on_pool_gone,
+            ),
+            Msg::Secret(ev) => self.on_watch(
+                ev,
+                touched,
+                |s| &mut s.secrets_init,
+                Self::on_secret,
+                Self::on_secret_gone,
+            ),
             Msg::Attempt { key, attempt, ev } => self.on_attempt(key, attempt, ev, touched),
             Msg::RetryDue { key, uid } => {
                 if let Some(e) = self.runs.get_mut(&key)
@@ -452,7 +493,11 @@ impl Inner {
                 let seen = tracker(self).seen.take().unwrap_or_default();
                 tracker(self).synced = true;
                 // Objects that vanished while the watch was down.
-                let stale: Vec<(String, String)> = self.known_keys::<K>().into_iter().filter(|k| !seen.contains(k)).collect();
+                let stale: Vec<(String, String)> = self
+                    .known_keys::<K>()
+                    .into_iter()
+                    .filter(|k| !seen.contains(k))
+                    .collect();
                 for k in stale {
                     gone(self, k, touched);
                 }
@@ -467,7 +512,11 @@ impl Inner {
             "Run" => self.runs.keys().cloned().collect(),
             "Pod" => self.pods.keys().cloned().collect(),
             "RuntimePool" => self.pools.keys().cloned().collect(),
-            "Secret" => self.tokens.keys().map(|(ns, p)| (ns.clone(), pool_object_name_for(p))).collect(),
+            "Secret" => self
+                .tokens
+                .keys()
+                .map(|(ns, p)| (ns.clone(), pool_object_name_for(p)))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -476,7 +525,12 @@ impl Inner {
 
     fn on_pool(&mut self, pool: RuntimePool, touched: &mut HashSet<PoolKey>) {
         let key = key_of(&pool);
-        self.pools.insert(key.clone(), PoolInfo { slots: pool.spec.slots.max(1) });
+        self.pools.insert(
+            key.clone(),
+            PoolInfo {
+                slots: pool.spec.slots.max(1),
+            },
+        );
         touched.insert(key);
     }
 
@@ -486,7 +540,9 @@ impl Inner {
     }
 
     fn on_secret(&mut self, secret: Secret, touched: &mut HashSet<PoolKey>) {
-        let Some(pool) = secret.labels().get(POOL_LABEL).cloned() else { return };
+        let Some(pool) = secret.labels().get(POOL_LABEL).cloned() else {
+            return;
+        };
         let token = secret
             .data
             .as_ref()
@@ -507,7 +563,9 @@ impl Inner {
 
     fn on_pod(&mut self, pod: Pod, touched: &mut HashSet<PoolKey>) {
         let key = key_of(&pod);
-        let Some(pool) = pod.labels().get(POOL_LABEL).cloned() else { return };
+        let Some(pool) = pod.labels().get(POOL_LABEL).cloned() else {
+            return;
+        };
         let status = pod.status.as_ref();
         let ready = status
             .and_then(|s| s.conditions.as_ref())
@@ -521,7 +579,11 @@ impl Inner {
                 .find(|c| c.name == RUNTIME_CONTAINER)
                 .or(s.containers.first())
                 .and_then(|c| c.ports.as_ref())
-                .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("http")).or(ps.first()))
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p.name.as_deref() == Some("http"))
+                        .or(ps.first())
+                })
                 .map(|p| p.container_port)
         });
         let deleting = pod.metadata.deletion_timestamp.is_some();
@@ -543,7 +605,9 @@ impl Inner {
     }
 
     fn on_pod_gone(&mut self, key: PodKey, touched: &mut HashSet<PoolKey>) {
-        let Some(info) = self.pods.remove(&key) else { return };
+        let Some(info) = self.pods.remove(&key) else {
+            return;
+        };
         touched.insert((key.0.clone(), info.pool.clone()));
         // Every attempt on that pod is lost now.
         let lost: Vec<(RunKey, u32)> = self
@@ -578,7 +642,9 @@ impl Inner {
             if e.uid == uid {
                 let cancel = run.spec.cancel && !e.run.spec.cancel;
                 e.run = run.clone();
-                if matches!(e.state, State::Done) && is_terminal(run.status.as_ref().and_then(|s| s.phase)) {
+                if matches!(e.state, State::Done)
+                    && is_terminal(run.status.as_ref().and_then(|s| s.phase))
+                {
                     // Our final status is visible; forget the Run.
                     self.runs.remove(&key);
                     return;
@@ -597,10 +663,12 @@ impl Inner {
         }
         let writer = StatusWriter::start(self.client.clone(), key.0.clone(), key.1.clone());
         let state = match (&status.phase, &status.pod, status.attempt) {
-            (Some(RunPhase::Scheduled | RunPhase::Running), Some(pod), Some(attempt)) => State::Adopt {
-                pod: pod.clone(),
-                attempt,
-            },
+            (Some(RunPhase::Scheduled | RunPhase::Running), Some(pod), Some(attempt)) => {
+                State::Adopt {
+                    pod: pod.clone(),
+                    attempt,
+                }
+            }
             _ => State::Queued,
         };
         let queued = matches!(state, State::Queued);
@@ -629,7 +697,9 @@ impl Inner {
     }
 
     fn on_run_gone(&mut self, key: RunKey, touched: &mut HashSet<PoolKey>) {
-        let Some(e) = self.runs.get_mut(&key) else { return };
+        let Some(e) = self.runs.get_mut(&key) else {
+            return;
+        };
         match &e.state {
             State::Active { cancel, .. } => {
                 // Stop it on the runtime; the slot frees when it ends.
@@ -645,7 +715,9 @@ impl Inner {
     }
 
     fn cancel(&mut self, key: &RunKey, touched: &mut HashSet<PoolKey>) {
-        let Some(e) = self.runs.get_mut(key) else { return };
+        let Some(e) = self.runs.get_mut(key) else {
+            return;
+        };
         match &e.state {
             State::Active { cancel, .. } => cancel.cancel(),
             State::Queued | State::Backoff | State::Adopt { .. } => {
@@ -667,14 +739,22 @@ impl Inner {
             .collect();
         for (key, pod, attempt) in waiting {
             let pod_key = (key.0.clone(), pod.clone());
-            let usable = self.pods.get(&pod_key).is_some_and(|p| p.ip.is_some() && !p.deleting);
+            let usable = self
+                .pods
+                .get(&pod_key)
+                .is_some_and(|p| p.ip.is_some() && !p.deleting);
             if usable {
                 tracing::info!(run = %key.1, namespace = %key.0, pod = %pod, attempt, "adopting a Run in flight");
                 self.start_attempt(&key, &pod_key, attempt, true);
             } else {
                 // Pretend it ran there so the loss is recorded like any other.
-                let Some(e) = self.runs.get_mut(&key) else { continue };
-                let (cancel, task) = (CancellationToken::new(), tokio::spawn(async {}).abort_handle());
+                let Some(e) = self.runs.get_mut(&key) else {
+                    continue;
+                };
+                let (cancel, task) = (
+                    CancellationToken::new(),
+                    tokio::spawn(async {}).abort_handle(),
+                );
                 e.state = State::Active {
                     pod: pod_key.clone(),
                     attempt,
@@ -689,7 +769,9 @@ impl Inner {
                 self.on_attempt(
                     key,
                     attempt,
-                    AttemptEvent::Lost(format!("pod `{pod}` is gone (found after a controller restart)")),
+                    AttemptEvent::Lost(format!(
+                        "pod `{pod}` is gone (found after a controller restart)"
+                    )),
                     touched,
                 );
             }
@@ -699,7 +781,11 @@ impl Inner {
     /// Starts as many queued Runs of a pool as there are free slots.
     fn dispatch_pool(&mut self, pool: &PoolKey) {
         let Some(info) = self.pools.get(pool) else {
-            self.mark_pending(pool, "PoolNotFound", format!("RuntimePool `{}` does not exist", pool.1));
+            self.mark_pending(
+                pool,
+                "PoolNotFound",
+                format!("RuntimePool `{}` does not exist", pool.1),
+            );
             return;
         };
         let slots = info.slots;
@@ -712,7 +798,9 @@ impl Inner {
             return;
         }
         loop {
-            let Some(key) = self.queues.get(pool).and_then(|q| q.front().cloned()) else { return };
+            let Some(key) = self.queues.get(pool).and_then(|q| q.front().cloned()) else {
+                return;
+            };
             let avoid = match self.runs.get(&key) {
                 Some(e) if matches!(e.state, State::Queued) => e.failed_pods.clone(),
                 _ => {
@@ -727,25 +815,44 @@ impl Inner {
                     .filter(|(k, p)| k.0 == pool.0 && p.pool == pool.1 && p.ready && !p.deleting)
                     .count();
                 if ready == 0 {
-                    self.mark_pending(pool, "NoReadyPods", format!("pool `{}` has no Ready pod", pool.1));
+                    self.mark_pending(
+                        pool,
+                        "NoReadyPods",
+                        format!("pool `{}` has no Ready pod", pool.1),
+                    );
                 } else {
                     self.mark_pending(
                         pool,
                         "NoFreeSlot",
-                        format!("all {} slots of pool `{}` are busy", ready as u32 * slots, pool.1),
+                        format!(
+                            "all {} slots of pool `{}` are busy",
+                            ready as u32 * slots,
+                            pool.1
+                        ),
                     );
                 }
                 return;
             };
             self.queues.get_mut(pool).map(|q| q.pop_front());
-            let attempt = self.runs.get(&key).and_then(|e| e.status.attempt).unwrap_or(0) + 1;
+            let attempt = self
+                .runs
+                .get(&key)
+                .and_then(|e| e.status.attempt)
+                .unwrap_or(0)
+                + 1;
             self.start_attempt(&key, &pod, attempt, false);
         }
     }
 
     fn pick_pod(&self, pool: &PoolKey, slots: u32, avoid: &[String]) -> Option<PodKey> {
         let candidates = self.pods.iter().filter(|(k, p)| {
-            k.0 == pool.0 && p.pool == pool.1 && p.ready && !p.deleting && !p.full && p.ip.is_some() && p.busy < slots
+            k.0 == pool.0
+                && p.pool == pool.1
+                && p.ready
+                && !p.deleting
+                && !p.full
+                && p.ip.is_some()
+                && p.busy < slots
         });
         // Fewest busy slots first; a pod where this Run already failed only
         // when there is no other.
@@ -755,11 +862,15 @@ impl Inner {
     }
 
     fn mark_pending(&mut self, pool: &PoolKey, reason: &str, message: String) {
-        let Some(queue) = self.queues.get(pool) else { return };
+        let Some(queue) = self.queues.get(pool) else {
+            return;
+        };
         let keys: Vec<RunKey> = queue.iter().cloned().collect();
         let queued = keys.len();
         for key in keys {
-            let Some(e) = self.runs.get_mut(&key) else { continue };
+            let Some(e) = self.runs.get_mut(&key) else {
+                continue;
+            };
             if !matches!(e.state, State::Queued) || e.pending_reason.as_deref() == Some(reason) {
                 continue;
             }
@@ -777,17 +888,26 @@ impl Inner {
     }
 
     fn start_attempt(&mut self, key: &RunKey, pod_key: &PodKey, attempt: u32, adopt: bool) {
-        let Some(pod) = self.pods.get_mut(pod_key) else { return };
-        let (Some(ip), port) = (pod.ip, pod.port.unwrap_or(DEFAULT_PORT)) else { return };
+        let Some(pod) = self.pods.get_mut(pod_key) else {
+            return;
+        };
+        let (Some(ip), port) = (pod.ip, pod.port.unwrap_or(DEFAULT_PORT)) else {
+            return;
+        };
         pod.busy += 1;
         let pool = (key.0.clone(), pod.pool.clone());
         let token = self.tokens.get(&pool).cloned().unwrap_or_default();
-        let Some(e) = self.runs.get_mut(key) else { return };
+        let Some(e) = self.runs.get_mut(key) else {
+            return;
+        };
         let spec = &e.run.spec;
         let request = RunRequest {
             id: runtime_run_id(&e.run),
             attempt,
-            job: spec.display_name.clone().unwrap_or_else(|| spec.job.clone()),
+            job: spec
+                .display_name
+                .clone()
+                .unwrap_or_else(|| spec.job.clone()),
             steps: spec.steps.clone(),
             env: spec.env.clone(),
             secrets: BTreeMap::new(),
@@ -820,7 +940,11 @@ impl Inner {
             pod: pod_key.clone(),
             attempt,
             started,
-            started_at: if started { e.status.start_time.clone() } else { None },
+            started_at: if started {
+                e.status.start_time.clone()
+            } else {
+                None
+            },
             cancel,
             task,
         };
@@ -858,8 +982,16 @@ impl Inner {
         self.update_busy(&pool);
     }
 
-    fn on_attempt(&mut self, key: RunKey, attempt: u32, ev: AttemptEvent, touched: &mut HashSet<PoolKey>) {
-        let Some(e) = self.runs.get_mut(&key) else { return };
+    fn on_attempt(
+        &mut self,
+        key: RunKey,
+        attempt: u32,
+        ev: AttemptEvent,
+        touched: &mut HashSet<PoolKey>,
+    ) {
+        let Some(e) = self.runs.get_mut(&key) else {
+            return;
+        };
         let State::Active {
             pod,
             attempt: current,
@@ -879,7 +1011,8 @@ impl Inner {
                 *started = true;
                 let at = micro_from_us(at_us);
                 *started_at = Some(at.clone());
-                let seen_wall = Timestamp::now().as_microsecond() - e.seen.elapsed().as_micros() as i64;
+                let seen_wall =
+                    Timestamp::now().as_microsecond() - e.seen.elapsed().as_micros() as i64;
                 self.metrics
                     .dispatched(((at_us as i64 - seen_wall).max(0)) as f64 / 1e6);
                 e.status.phase = Some(RunPhase::Running);
@@ -902,7 +1035,9 @@ impl Inner {
         }
         self.update_busy(&pool);
         touched.insert(pool.clone());
-        let Some(e) = self.runs.get_mut(&key) else { return };
+        let Some(e) = self.runs.get_mut(&key) else {
+            return;
+        };
         if e.deleted {
             self.runs.remove(&key);
             return;
@@ -917,7 +1052,11 @@ impl Inner {
                 self.queues.entry(pool).or_default().push_front(key);
             }
             AttemptEvent::Finished(result) => {
-                let phase = if was_cancelled { RunPhase::Cancelled } else { result.phase };
+                let phase = if was_cancelled {
+                    RunPhase::Cancelled
+                } else {
+                    result.phase
+                };
                 apply_result(&mut e.status, &result);
                 if started_at.is_none() && result.started_at_ms > 0 {
                     e.status.start_time = Some(micro_from_us(result.started_at_ms * 1000));
@@ -962,7 +1101,9 @@ impl Inner {
         msg: String,
         touched: &mut HashSet<PoolKey>,
     ) {
-        let Some(e) = self.runs.get_mut(key) else { return };
+        let Some(e) = self.runs.get_mut(key) else {
+            return;
+        };
         let attempt = e.status.attempt.unwrap_or(1);
         let limit = e.run.spec.retry.limit;
         if attempt > limit || e.run.spec.cancel {
@@ -991,7 +1132,13 @@ impl Inner {
         e.status.message = Some(note.clone());
         set_condition(
             &mut e.status.conditions,
-            condition("Scheduled", false, "BackingOff", note.clone(), e.run.metadata.generation),
+            condition(
+                "Scheduled",
+                false,
+                "BackingOff",
+                note.clone(),
+                e.run.metadata.generation,
+            ),
         );
         e.writer.set(&e.status);
         e.state = State::Backoff;
@@ -1005,8 +1152,16 @@ impl Inner {
     }
 
     /// Writes the final status.
-    fn finish(&mut self, key: &RunKey, phase: RunPhase, pod: Option<&str>, touched: &mut HashSet<PoolKey>) {
-        let Some(e) = self.runs.get_mut(key) else { return };
+    fn finish(
+        &mut self,
+        key: &RunKey,
+        phase: RunPhase,
+        pod: Option<&str>,
+        touched: &mut HashSet<PoolKey>,
+    ) {
+        let Some(e) = self.runs.get_mut(key) else {
+            return;
+        };
         let st = &mut e.status;
         st.phase = Some(phase);
         st.completion_time = Some(now_micro());
@@ -1016,16 +1171,29 @@ impl Inner {
         }
         let ok = phase == RunPhase::Succeeded;
         let reason = format!("{phase:?}");
-        let message = st.message.clone().unwrap_or_else(|| phase_word(phase).to_string());
+        let message = st
+            .message
+            .clone()
+            .unwrap_or_else(|| phase_word(phase).to_string());
         set_condition(
             &mut st.conditions,
-            condition("Complete", ok, &reason, message.clone(), e.run.metadata.generation),
+            condition(
+                "Complete",
+                ok,
+                &reason,
+                message.clone(),
+                e.run.metadata.generation,
+            ),
         );
         e.writer.set(&e.status);
         e.state = State::Done;
         let secs = e.seen.elapsed().as_secs_f64();
         self.metrics.completed(&reason, secs);
-        let kind = if ok || phase == RunPhase::Cancelled { EventType::Normal } else { EventType::Warning };
+        let kind = if ok || phase == RunPhase::Cancelled {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
         self.event(key, kind, &reason, "Run", message);
         touched.insert((key.0.clone(), self.runs[key].run.spec.pool.clone()));
     }
@@ -1088,7 +1256,11 @@ fn apply_result(st: &mut RunStatus, r: &RunResult) {
     st.exit_code = r.exit_code;
     st.steps = r.steps.clone();
     st.outputs = r.outputs.clone();
-    st.artifacts = r.artifacts.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    st.artifacts = r
+        .artifacts
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
     st.log_digest = r.log_digest.as_ref().map(|d| d.to_string());
     st.log_tail = (!r.log_tail.is_empty()).then(|| tail(&r.log_tail, STATUS_LOG_TAIL));
 }

@@ -45,7 +45,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -57,7 +60,9 @@ pub fn run(args: Args) -> Exit {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: no Kubernetes connection: {e}");
-                eprintln!("  (hint: set KUBECONFIG, or run inside a cluster with a service account)");
+                eprintln!(
+                    "  (hint: set KUBECONFIG, or run inside a cluster with a service account)"
+                );
                 return Exit::Internal;
             }
         };
@@ -77,10 +82,11 @@ pub fn run(args: Args) -> Exit {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -24,7 +24,10 @@ pub fn run(args: Args) -> Exit {
     match result {
         Ok(()) => Exit::Success,
         Err(e) => {
-            eprintln!("error: failed to install krt at {}: {e}", args.dest.display());
+            eprintln!(
+                "error: failed to install krt at {}: {e}",
+                args.dest.display()
+            );
             Exit::Internal
         }
     }

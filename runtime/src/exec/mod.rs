@@ -261,7 +261,13 @@ impl ExecutorConfig {
 pub struct Executor {
     store: Store,
     config: ExecutorConfig,
+    /// Clean run directories, ready for the next run (see
+    /// [`Executor::recycle`]).
+    free: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
+
+/// Clean run directories kept for reuse, at most.
+const FREE_WORKSPACES: usize = 64;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -295,7 +301,11 @@ struct Workspace {
 impl Executor {
     /// An executor storing into `store`.
     pub fn new(store: Store, config: ExecutorConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            free: Default::default(),
+        }
     }
 
     /// The store it uses.
@@ -310,19 +320,72 @@ impl Executor {
 
     fn workspace(&self, req: &RunRequest) -> std::io::Result<Workspace> {
         static N: AtomicU64 = AtomicU64::new(0);
+        if !self.config.keep_workspaces {
+            let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(root) = reused {
+                let ws = root.join("ws");
+                return Ok(Workspace {
+                    meta: root.clone(),
+                    root,
+                    ws,
+                });
+            }
+        }
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let root = self.config.work_dir.join("runs").join(format!(
-            "{}-a{}-{}-{n}",
-            req.id,
-            req.attempt,
-            std::process::id()
-        ));
+        // A kept workspace is named after its run; a recycled one is not.
+        let name = if self.config.keep_workspaces {
+            format!("{}-a{}-{}-{n}", req.id, req.attempt, std::process::id())
+        } else {
+            format!("slot-{}-{n}", std::process::id())
+        };
+        let root = self.config.work_dir.join("runs").join(name);
         // The run's own files (outputs, scripts, a spilled log) sit beside
         // the workspace, in the run directory: one directory fewer per run.
         let ws = root.join("ws");
         std::fs::create_dir_all(&ws)?;
         let meta = root.clone();
         Ok(Workspace { root, ws, meta })
+    }
+
+    /// Empties a finished run's directory and keeps it for the next run, so
+    /// a run costs no directory creation or deletion (ext4 slows down with
+    /// every recently deleted inode). Anything unexpected, or a full free
+    /// list, removes the directory instead.
+    async fn recycle(&self, ws: Workspace) {
+        fn clean(ws: &Workspace) -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt as _;
+            for entry in std::fs::read_dir(&ws.root)? {
+                let entry = entry?;
+                if entry.file_name() == "ws" {
+                    continue;
+                }
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            let meta = std::fs::symlink_metadata(&ws.ws)?;
+            if !meta.is_dir() {
+                return Err(std::io::Error::other("ws is not a directory"));
+            }
+            if std::fs::read_dir(&ws.ws)?.next().is_some() {
+                std::fs::remove_dir_all(&ws.ws)?;
+                std::fs::create_dir(&ws.ws)?;
+            } else if meta.permissions().mode() & 0o7777 != 0o755 {
+                std::fs::set_permissions(&ws.ws, std::fs::Permissions::from_mode(0o755))?;
+            }
+            Ok(())
+        }
+        let full = self.free.lock().unwrap_or_else(|e| e.into_inner()).len() >= FREE_WORKSPACES;
+        if !full && clean(&ws).is_ok() {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < FREE_WORKSPACES {
+                free.push(ws.root);
+                return;
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&ws.root).await;
     }
 
     /// Runs `req` to the end and returns its result. Events go to `events`
@@ -378,7 +441,7 @@ impl Executor {
             .run_in(&req, &ws, result, &events, &cancel, start)
             .await;
         if !self.config.keep_workspaces {
-            let _ = tokio::fs::remove_dir_all(&ws.root).await;
+            self.recycle(ws).await;
         }
         let _ = events
             .send(RunEvent::Finished {

@@ -475,10 +475,52 @@ async fn a_missing_shell_fails_the_step_with_a_clear_message() {
 }
 
 #[tokio::test]
-async fn the_workspace_is_removed_after_the_run() {
+async fn the_workspace_is_emptied_after_the_run_and_reused_clean() {
     let f = fixture("cleanup");
-    let (r, _) = run(&f, request("cl-1", vec![step("touch file")])).await;
+    let (r, _) = run(
+        &f,
+        request(
+            "cl-1",
+            vec![step(
+                "mkdir -p d/e && touch file d/e/f && echo k=v >> $KRT_OUTPUT",
+            )],
+        ),
+    )
+    .await;
     assert_eq!(r.phase, RunPhase::Succeeded);
+    // Only empty run directories are left, each with an empty `ws`.
     let runs = f.dir.join("work/runs");
-    assert_eq!(std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0), 0);
+    let dirs: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(dirs.len() <= 1);
+    for d in &dirs {
+        let names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ws")]);
+        assert_eq!(std::fs::read_dir(d.join("ws")).unwrap().count(), 0);
+    }
+    // The next run starts in an empty workspace with no outputs of the last.
+    let (r, _) = run(
+        &f,
+        request(
+            "cl-2",
+            vec![step(
+                "test -z \"$(ls -A)\" && test ! -s \"$KRT_OUTPUT\" && chmod 000 . ",
+            )],
+        ),
+    )
+    .await;
+    assert_eq!(r.phase, RunPhase::Succeeded, "{:?}", r.message);
+    assert!(r.outputs.is_empty());
+    let (r, _) = run(&f, request("cl-3", vec![step("touch ok")])).await;
+    assert_eq!(
+        r.phase,
+        RunPhase::Succeeded,
+        "a workspace made unwritable is repaired: {:?}",
+        r.message
+    );
 }

@@ -1,4 +1,6 @@
 mod cli;
+mod cluster;
+mod cluster_harness;
 mod crds;
 mod run;
 mod runtime;
