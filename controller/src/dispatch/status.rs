@@ -42,6 +42,40 @@ impl StatusWriter {
                     match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
                         Ok(_) => break,
                         Err(kube::Error::Api(e)) if e.code == 404 => return,
+                        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                            // Retrying the same status cannot help. Keep the
+                            // Run's lifecycle visible with what is safe.
+                            tracing::error!(run = %name, namespace = %ns, error = %e.message, "the API server rejected a Run status; writing a reduced one");
+                            let reduced = RunStatus {
+                                phase: status.phase,
+                                attempt: status.attempt,
+                                pod: status.pod.clone(),
+                                scheduled_time: status.scheduled_time.clone(),
+                                start_time: status.start_time.clone(),
+                                completion_time: status.completion_time.clone(),
+                                exit_code: status.exit_code,
+                                log_digest: status.log_digest.clone(),
+                                attempts: status.attempts.clone(),
+                                observed_generation: status.observed_generation,
+                                message: Some(format!(
+                                    "{} (the full status was rejected by the API server: {})",
+                                    status.message.as_deref().unwrap_or(""),
+                                    e.message
+                                )),
+                                ..RunStatus::default()
+                            };
+                            let patch = serde_json::json!({
+                                "apiVersion": "kruntimes.io/v1alpha1",
+                                "kind": "Run",
+                                "status": reduced,
+                            });
+                            if let Err(e) =
+                                api.patch_status(&name, &pp, &Patch::Apply(&patch)).await
+                            {
+                                tracing::error!(run = %name, namespace = %ns, error = %e, "the reduced Run status failed too");
+                            }
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(run = %name, namespace = %ns, error = %e, "writing Run status failed; retrying");
                             tokio::time::sleep(delay).await;

@@ -217,7 +217,7 @@ async fn a_pool_becomes_ready_and_twenty_runs_pass_outputs_and_artifacts() {
         &ns,
         "consumer",
         "p",
-        "echo \"got=$(cat in/result.txt)\" >> \"$KRT_OUTPUT\"",
+        "echo \"got=$(cat in/out/result.txt)\" >> \"$KRT_OUTPUT\"",
         json!({"inputs": [{"name": "r7.out", "digest": digests[&7], "path": "in"}]}),
     );
     runs.create(&PostParams::default(), &consumer)
