@@ -448,6 +448,20 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 /// Removes the state directories of test processes that are gone, and kills
 /// what their containers left running.
 fn remove_stale_dirs() {
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("krt-etcd-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
@@ -607,9 +621,18 @@ async fn boot(dir: PathBuf, bin: PathBuf, krt_bin: PathBuf) -> anyhow::Result<Bo
 
     // etcd
     let (client_port, peer_port) = (free_port()?, free_port()?);
+    // etcd fsyncs every write; on tmpfs that costs nothing, as test clusters
+    // (kind's docs too) recommend. The data is thrown away anyway.
+    let shm = Path::new("/dev/shm");
+    let etcd_data = if shm.is_dir() {
+        shm.join(format!("krt-etcd-{}", std::process::id()))
+    } else {
+        dir.join("etcd")
+    };
+    let _ = std::fs::remove_dir_all(&etcd_data);
     let etcd_args: Vec<String> = [
         "--name=krt",
-        &format!("--data-dir={}", dir.join("etcd").display()),
+        &format!("--data-dir={}", etcd_data.display()),
         &format!("--listen-client-urls={}", url(client_port)),
         &format!("--advertise-client-urls={}", url(client_port)),
         &format!("--listen-peer-urls={}", url(peer_port)),

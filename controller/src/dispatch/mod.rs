@@ -276,10 +276,82 @@ fn spawn_watch<K>(
 
 /// Events are best effort: published by a few workers from a bounded queue,
 /// dropped (with a debug log) when the API server cannot keep up.
+///
+/// Transitions of one Run that come within [`EVENT_FOLD`] of each other are
+/// folded into one Event whose note lists them all (like kubectl's event
+/// aggregation): a short Run costs one Event write, not three, and every
+/// transition is still reported. Warnings are never delayed by a Normal.
 fn spawn_event_publisher(
     client: Client,
 ) -> mpsc::Sender<(k8s_openapi::api::core::v1::ObjectReference, KEvent)> {
-    let (tx, rx) = mpsc::channel::<(k8s_openapi::api::core::v1::ObjectReference, KEvent)>(2048);
+    type Pending = (
+        k8s_openapi::api::core::v1::ObjectReference,
+        KEvent,
+        tokio::time::Instant,
+    );
+    let (tx, mut rx) = mpsc::channel::<(k8s_openapi::api::core::v1::ObjectReference, KEvent)>(4096);
+    let (out_tx, out_rx) =
+        mpsc::channel::<(k8s_openapi::api::core::v1::ObjectReference, KEvent)>(2048);
+    tokio::spawn(async move {
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        loop {
+            let next_due = pending.values().map(|p| p.2).min();
+            let msg = match next_due {
+                Some(due) => tokio::select! {
+                    m = rx.recv() => m.map(Some),
+                    _ = tokio::time::sleep_until(due) => Some(None),
+                },
+                None => rx.recv().await.map(Some),
+            };
+            let Some(msg) = msg else { break };
+            if let Some((reference, ev)) = msg {
+                let uid = reference.uid.clone().unwrap_or_default();
+                let fin = matches!(ev.action.as_str(), "Finish");
+                let merged = match pending.remove(&uid) {
+                    Some((_, old, due)) => {
+                        let note = format!(
+                            "{}; {}",
+                            old.note.unwrap_or_default(),
+                            ev.note.clone().unwrap_or_default()
+                        );
+                        let warning =
+                            old.type_ == EventType::Warning || ev.type_ == EventType::Warning;
+                        (
+                            KEvent {
+                                type_: if warning {
+                                    EventType::Warning
+                                } else {
+                                    EventType::Normal
+                                },
+                                note: Some(note.chars().take(1000).collect()),
+                                ..ev
+                            },
+                            due,
+                        )
+                    }
+                    None => (ev, tokio::time::Instant::now() + EVENT_FOLD),
+                };
+                if fin || merged.0.type_ == EventType::Warning {
+                    let _ = out_tx.try_send((reference, merged.0));
+                } else {
+                    pending.insert(uid, (reference, merged.0, merged.1));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let due: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| p.2 <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in due {
+                if let Some((reference, ev, _)) = pending.remove(&k)
+                    && out_tx.try_send((reference, ev)).is_err()
+                {
+                    tracing::debug!("event queue full; dropping an Event");
+                }
+            }
+        }
+    });
     let recorder = Arc::new(Recorder::new(
         client,
         Reporter {
@@ -287,7 +359,7 @@ fn spawn_event_publisher(
             instance: std::env::var("POD_NAME").ok(),
         },
     ));
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let rx = Arc::new(tokio::sync::Mutex::new(out_rx));
     for _ in 0..4 {
         let rx = rx.clone();
         let recorder = recorder.clone();
@@ -303,6 +375,9 @@ fn spawn_event_publisher(
     }
     tx
 }
+
+/// Transitions of one Run this close together share one Event.
+const EVENT_FOLD: Duration = Duration::from_millis(250);
 
 fn key_of<K: Resource>(o: &K) -> (String, String) {
     (
@@ -1194,7 +1269,7 @@ impl Inner {
         } else {
             EventType::Warning
         };
-        self.event(key, kind, &reason, "Run", message);
+        self.event(key, kind, &reason, "Finish", message);
         touched.insert((key.0.clone(), self.runs[key].run.spec.pool.clone()));
     }
 

@@ -12,6 +12,14 @@ use tokio::sync::watch;
 
 use crate::names::MANAGER;
 
+/// How long a non-final status waits for a newer one.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn final_phase(s: &RunStatus) -> bool {
+    use kruntimes_crds::RunPhase::*;
+    matches!(s.phase, Some(Succeeded | Failed | TimedOut | Cancelled))
+}
+
 /// Handle to a Run's status writer.
 #[derive(Debug)]
 pub(crate) struct StatusWriter {
@@ -29,9 +37,24 @@ impl StatusWriter {
                     // The sender is gone; everything it sent was written.
                     return;
                 }
-                let Some(status) = rx.borrow_and_update().clone() else {
+                let Some(mut status) = rx.borrow_and_update().clone() else {
                     continue;
                 };
+                // A Run that is not over yet may be about to move on: wait
+                // briefly so Scheduled -> Running -> done of a short Run
+                // costs one write, not three. Final states go out at once.
+                if !final_phase(&status) {
+                    let _ = tokio::time::timeout(COALESCE, rx.changed()).await;
+                    if let Some(newer) = rx.borrow_and_update().clone() {
+                        status = newer;
+                    }
+                    if !final_phase(&status) {
+                        tokio::time::sleep(COALESCE).await;
+                        if let Some(newer) = rx.borrow_and_update().clone() {
+                            status = newer;
+                        }
+                    }
+                }
                 let patch = serde_json::json!({
                     "apiVersion": "kruntimes.io/v1alpha1",
                     "kind": "Run",
