@@ -236,6 +236,32 @@ async fn a_pool_becomes_ready_and_twenty_runs_pass_outputs_and_artifacts() {
         r.status
     );
 
+    // Every transition is reported in Events (short Runs' transitions are
+    // folded into one Event).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let notes = wait_for("the Events of r0", || async {
+        let all = events.list(&ListParams::default()).await.ok()?;
+        let notes: Vec<String> = all
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("r0"))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.clone().unwrap_or_default(),
+                    e.note.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        let text = notes.join("\n");
+        (text.contains("assigned to pod")
+            && text.contains("started on pod")
+            && text.contains("Succeeded"))
+        .then_some(text)
+    })
+    .await;
+    assert!(notes.contains("attempt 1"), "{notes}");
+
     // kubectl shows the printer columns.
     let out = cluster.kubectl(&["get", "runs", "-n", &ns]);
     assert!(out.status.success(), "{}", stderr(&out));
