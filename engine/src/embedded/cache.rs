@@ -149,15 +149,6 @@ pub async fn save(store: &Store, record: &CacheRecord) -> Result<(), String> {
         .map_err(|e| format!("failed to store the cache record: {e}"))
 }
 
-/// Stores an action as a blob (what a run record points to, for
-/// `krt explain` and `krt replay`).
-pub async fn store_action(store: &Store, action: &Action) -> Result<Digest, String> {
-    store
-        .put_bytes(Bytes::from(action.to_bytes()))
-        .await
-        .map_err(|e| format!("failed to store the action: {e}"))
-}
-
 /// The action a node last ran with: from the newest run record of the
 /// workflow that ran it. Run records already hold this, so no separate
 /// "last action" state is kept.
@@ -166,13 +157,7 @@ pub async fn last_action(
     workflow: &str,
     node: &str,
 ) -> Result<Option<Action>, String> {
-    let Some(d) = super::record::latest_action(store, workflow, node).await? else {
-        return Ok(None);
-    };
-    let bytes = store.get_bytes(&d).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    super::record::latest_action(store, workflow, node).await
 }
 
 /// What changed between two actions, as lines a person reads.

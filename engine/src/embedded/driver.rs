@@ -144,6 +144,8 @@ struct NodeRun {
     action: Option<Digest>,
     key: Option<Digest>,
     action_value: Option<Action>,
+    /// The action, when it is kept in the run record instead of a blob.
+    action_inline: Option<Box<Action>>,
     render_error: Option<String>,
     shown: bool,
 }
@@ -260,6 +262,7 @@ pub async fn run(
             action: None,
             key: None,
             action_value: None,
+            action_inline: None,
             render_error: None,
             shown: false,
         })
@@ -449,13 +452,25 @@ pub async fn run(
                 // Remember the action (for explain and replay) and, on
                 // success, the cache record.
                 if let Some(action) = runs[node].action_value.clone() {
-                    match cache::store_action(store, &action).await {
-                        Ok(d) => runs[node].action = Some(d),
-                        Err(e) => warnings.push(e),
-                    }
-                    if outcome == Outcome::Succeeded
+                    // Only a cache record needs the action as a blob of its
+                    // own; otherwise the run record carries it inline (one
+                    // file per run, not one per job).
+                    let bytes = bytes::Bytes::from(action.to_bytes());
+                    runs[node].action = Some(Digest::of(&bytes));
+                    let caching = outcome == Outcome::Succeeded
                         && !opts.no_cache
-                        && plan.jobs[plan.nodes[n].job].cache
+                        && plan.jobs[plan.nodes[n].job].cache;
+                    if caching {
+                        // A cache record must never point at a missing action.
+                        if let Err(e) = store.put_bytes(bytes).await {
+                            warnings.push(format!("failed to store the action: {e}"));
+                            runs[node].action_inline = Some(Box::new(action.clone()));
+                            runs[node].action = None;
+                        }
+                    } else {
+                        runs[node].action_inline = Some(Box::new(action.clone()));
+                    }
+                    if caching
                         && let (Some(key), Some(action_digest)) =
                             (runs[node].key, runs[node].action)
                     {
@@ -523,6 +538,7 @@ pub async fn run(
                     cached: rep.is_some_and(|x| x.cached),
                     attempts: r.attempts,
                     action: r.action,
+                    action_inline: r.action_inline.clone(),
                     outputs: rep.map(|x| x.outputs.clone()).unwrap_or_default(),
                     artifacts: rep.map(|x| x.artifacts.clone()).unwrap_or_default(),
                     log: rep.and_then(|x| x.log),

@@ -54,8 +54,14 @@ pub struct JobRecord {
     pub cached: bool,
     /// Attempts made.
     pub attempts: u32,
-    /// The action blob (rendered job, inputs, source) of the last attempt.
+    /// Digest of the action (rendered job, inputs, source) of the last
+    /// attempt.
     pub action: Option<Digest>,
+    /// The action itself, when it was not stored as a blob of its own: only
+    /// a step-cache record needs the blob, so a run with the cache off keeps
+    /// every action in its one record instead of a file per job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_inline: Option<Box<super::cache::Action>>,
     /// Outputs.
     pub outputs: BTreeMap<String, String>,
     /// Artifact tree digests.
@@ -125,13 +131,32 @@ pub async fn load(store: &Store, id: &str) -> Result<RunRecord, String> {
         .map_err(|e| format!("the record of run `{name}` is not valid: {e}"))
 }
 
-/// The action digest of `node` in the newest run of `workflow` that ran it
+impl JobRecord {
+    /// The recorded action: inline, or fetched (and verified) from the store.
+    pub async fn load_action(&self, store: &Store) -> Result<Option<super::cache::Action>, String> {
+        if let Some(a) = &self.action_inline {
+            return Ok(Some((**a).clone()));
+        }
+        let Some(d) = self.action else {
+            return Ok(None);
+        };
+        let bytes = store
+            .get_bytes(&d)
+            .await
+            .map_err(|e| format!("failed to fetch the recorded action {d}: {e}"))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("the recorded action {d} is not valid: {e}"))
+    }
+}
+
+/// The action of `node` in the newest run of `workflow` that ran it
 /// (runs that skipped it, or left it out with `--only`, are passed over).
 pub async fn latest_action(
     store: &Store,
     workflow: &str,
     node: &str,
-) -> Result<Option<Digest>, String> {
+) -> Result<Option<super::cache::Action>, String> {
     let runs = store
         .list_refs(NAMESPACE)
         .await
@@ -140,13 +165,12 @@ pub async fn latest_action(
         let Ok(rec) = load(store, &r.name).await else {
             continue;
         };
-        if let Some(d) = rec
+        if let Some(j) = rec
             .jobs
             .iter()
-            .find(|j| j.node == node)
-            .and_then(|j| j.action)
+            .find(|j| j.node == node && j.action.is_some())
         {
-            return Ok(Some(d));
+            return j.load_action(store).await;
         }
     }
     Ok(None)

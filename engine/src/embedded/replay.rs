@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kruntimes_runtime::Digest;
 use kruntimes_runtime::cas::Store;
 use kruntimes_runtime::exec::{Executor, ExecutorConfig, RunEvent, RunRequest, RunResult};
 use tokio::sync::mpsc;
@@ -54,7 +53,7 @@ pub async fn find(store: &Store, run_id: &str, job: &str) -> Result<Found, Strin
             ));
         }
     };
-    let digest: Digest = rec.action.ok_or_else(|| {
+    let action = rec.load_action(store).await?.ok_or_else(|| {
         format!(
             "job `{}` of run `{}` never ran (it was {}), so there is nothing to replay",
             rec.node,
@@ -64,12 +63,6 @@ pub async fn find(store: &Store, run_id: &str, job: &str) -> Result<Found, Strin
                     .to_lowercase())
         )
     })?;
-    let bytes = store
-        .get_bytes(&digest)
-        .await
-        .map_err(|e| format!("failed to fetch the recorded action {digest}: {e}"))?;
-    let action: Action = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("the recorded action {digest} is not valid: {e}"))?;
     Ok(Found {
         run,
         job: rec,
