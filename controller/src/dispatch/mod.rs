@@ -68,10 +68,10 @@ impl SlotBook {
 
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Run(watcher::Event<Run>),
-    Pod(watcher::Event<Pod>),
-    Pool(watcher::Event<RuntimePool>),
-    Secret(watcher::Event<Secret>),
+    Run(Box<watcher::Event<Run>>),
+    Pod(Box<watcher::Event<Pod>>),
+    Pool(Box<watcher::Event<RuntimePool>>),
+    Secret(Box<watcher::Event<Secret>>),
     Attempt {
         key: RunKey,
         attempt: u32,
@@ -241,7 +241,7 @@ fn spawn_watch<K>(
     ns: Option<&str>,
     cfg: watcher::Config,
     tx: mpsc::UnboundedSender<Msg>,
-    wrap: fn(watcher::Event<K>) -> Msg,
+    wrap: fn(Box<watcher::Event<K>>) -> Msg,
     metrics: &Arc<Metrics>,
 ) where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -261,7 +261,7 @@ fn spawn_watch<K>(
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
-                    if tx.send(wrap(ev)).is_err() {
+                    if tx.send(wrap(Box::new(ev))).is_err() {
                         return;
                     }
                 }
@@ -502,28 +502,28 @@ impl Inner {
     fn handle(&mut self, msg: Msg, touched: &mut HashSet<PoolKey>) {
         match msg {
             Msg::Run(ev) => self.on_watch(
-                ev,
+                *ev,
                 touched,
                 |s| &mut s.runs_init,
                 Self::on_run,
                 Self::on_run_gone,
             ),
             Msg::Pod(ev) => self.on_watch(
-                ev,
+                *ev,
                 touched,
                 |s| &mut s.pods_init,
                 Self::on_pod,
                 Self::on_pod_gone,
             ),
             Msg::Pool(ev) => self.on_watch(
-                ev,
+                *ev,
                 touched,
                 |s| &mut s.pools_init,
                 Self::on_pool,
                 Self::on_pool_gone,
             ),
             Msg::Secret(ev) => self.on_watch(
-                ev,
+                *ev,
                 touched,
                 |s| &mut s.secrets_init,
                 Self::on_secret,
