@@ -159,7 +159,10 @@ struct Inner {
     pools: HashMap<PoolKey, PoolInfo>,
     tokens: HashMap<PoolKey, String>,
     queues: HashMap<PoolKey, VecDeque<RunKey>>,
-    pool_notified: HashMap<PoolKey, Instant>,
+    /// Busy slots last reported to the pool reconciler, and pools whose
+    /// rate-limit timer runs.
+    pool_reported: HashMap<PoolKey, u32>,
+    pool_timer: HashSet<PoolKey>,
 
     runs_init: InitTracker<RunKey>,
     pods_init: InitTracker<PodKey>,
@@ -226,7 +229,8 @@ impl Dispatcher {
             pools: HashMap::new(),
             tokens: HashMap::new(),
             queues: HashMap::new(),
-            pool_notified: HashMap::new(),
+            pool_reported: HashMap::new(),
+            pool_timer: HashSet::new(),
             runs_init: InitTracker::default(),
             pods_init: InitTracker::default(),
             pools_init: InitTracker::default(),
@@ -542,7 +546,7 @@ impl Inner {
                 }
             }
             Msg::PoolNotify(pool) => {
-                self.pool_notified.remove(&pool);
+                self.pool_timer.remove(&pool);
                 self.notify_pool(&pool);
             }
         }
@@ -1283,12 +1287,18 @@ impl Inner {
         self.slot_book.set(pool, busy);
     }
 
-    /// Asks the pool reconciler to refresh status, at most every 500 ms.
+    /// Asks the pool reconciler to refresh status when the pool's busy
+    /// slots changed, at most every 500 ms (the last change always goes out).
     fn notify_pool(&mut self, pool: &PoolKey) {
-        if self.pool_notified.contains_key(pool) {
+        if self.pool_timer.contains(pool) {
             return;
         }
-        self.pool_notified.insert(pool.clone(), Instant::now());
+        let busy = self.slot_book.busy(&pool.0, &pool.1);
+        if self.pool_reported.get(pool) == Some(&busy) {
+            return;
+        }
+        self.pool_reported.insert(pool.clone(), busy);
+        self.pool_timer.insert(pool.clone());
         let _ = self
             .pool_trigger
             .unbounded_send(ObjectRef::new(&pool.1).within(&pool.0));

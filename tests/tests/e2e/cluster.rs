@@ -320,6 +320,14 @@ async fn runs_beyond_the_free_slots_wait_pending_then_complete() {
         (phase(&r) == Some(RunPhase::Running)).then_some(())
     })
     .await;
+    // The pool reports the busy slot, counted from the controller's own
+    // assignments.
+    let pools: Api<RuntimePool> = Api::namespaced(client.clone(), &ns);
+    wait_for("the pool to report 1 busy slot", || async {
+        let p = pools.get("one").await.ok()?;
+        (p.status?.busy_slots == 1).then_some(())
+    })
+    .await;
     for name in ["second", "third"] {
         runs.create(
             &PostParams::default(),
@@ -355,6 +363,11 @@ async fn runs_beyond_the_free_slots_wait_pending_then_complete() {
         );
     }
     let _ = std::fs::remove_file(&gate);
+    wait_for("the pool to report 0 busy slots", || async {
+        let p = pools.get("one").await.ok()?;
+        (p.status?.busy_slots == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
