@@ -377,15 +377,53 @@ impl Executor {
             }
             Ok(())
         }
+        /// True when nothing is left to clean: the common case of a run
+        /// that wrote nothing, checked without leaving the async thread.
+        fn already_clean(ws: &Workspace) -> std::io::Result<bool> {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mut entries = std::fs::read_dir(&ws.root)?;
+            let only_ws = match (entries.next(), entries.next()) {
+                (Some(e), None) => e?.file_name() == "ws",
+                _ => false,
+            };
+            let meta = std::fs::symlink_metadata(&ws.ws)?;
+            Ok(only_ws
+                && meta.is_dir()
+                && meta.permissions().mode() & 0o7777 == 0o755
+                && std::fs::read_dir(&ws.ws)?.next().is_none())
+        }
+        let root = ws.root.clone();
         let full = self.free.lock().unwrap_or_else(|e| e.into_inner()).len() >= FREE_WORKSPACES;
-        if !full && clean(&ws).is_ok() {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < FREE_WORKSPACES {
-                free.push(ws.root);
-                return;
+        if !full {
+            // A workspace full of files (a build tree) is cleaned on the
+            // blocking pool, never on an async worker thread.
+            let cleaned = match already_clean(&ws) {
+                Ok(true) => Ok(ws),
+                _ => tokio::task::spawn_blocking(move || clean(&ws).map(|()| ws))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r),
+            };
+            match cleaned {
+                Ok(ws) => {
+                    let kept = {
+                        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = free.len() < FREE_WORKSPACES;
+                        if room {
+                            free.push(ws.root);
+                        }
+                        room
+                    };
+                    if kept {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    // What could not be cleaned is removed below, if it can be.
+                }
             }
         }
-        let _ = tokio::fs::remove_dir_all(&ws.root).await;
+        let _ = tokio::fs::remove_dir_all(&root).await;
     }
 
     /// Runs `req` to the end and returns its result. Events go to `events`
