@@ -46,6 +46,7 @@ pub(crate) async fn reconcile(pool: Arc<RuntimePool>, ctx: Arc<Context>) -> Resu
         .and_then(|b| String::from_utf8(b.0.clone()).ok())
         .filter(|t| t.len() >= 16)
         .unwrap_or_else(generate_token);
+    let token_value = token.clone();
     let mut data = BTreeMap::new();
     data.insert(TOKEN_KEY.to_string(), ByteString(token.into_bytes()));
     for (k, v) in &ctx.opts.store_env {
@@ -69,6 +70,17 @@ pub(crate) async fn reconcile(pool: Arc<RuntimePool>, ctx: Arc<Context>) -> Resu
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut deployment = build_deployment(&pool, &ctx.opts.krt_image, &ctx.opts.store_env);
     deployment.metadata.owner_references = Some(vec![owner]);
+    // Runtimes read their token once: a new token (the Secret was deleted)
+    // rolls the pods.
+    if let Some(annotations) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.annotations.as_mut())
+    {
+        let digest = Sha256::digest(token_value.as_bytes());
+        annotations.insert("kruntimes.io/token-hash".into(), hex::encode(&digest[..8]));
+    }
     let applied = deployments
         .patch(&name, &pp, &Patch::Apply(&deployment))
         .await?;

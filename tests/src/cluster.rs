@@ -185,7 +185,7 @@ impl Cluster {
             ),
             ("KRT_STORE".to_owned(), self.store_url.clone()),
             ("KRT_KRT_IMAGE".to_owned(), KRT_IMAGE.to_owned()),
-            ("RUST_LOG".to_owned(), "info".to_owned()),
+            ("KRT_LOG".to_owned(), "info".to_owned()),
             ("NO_COLOR".to_owned(), "1".to_owned()),
         ]);
         env.extend(self.store_env().into_iter().map(|(k, v)| (k.to_owned(), v)));

@@ -1127,6 +1127,8 @@ impl Inner {
                 if let Some(p) = self.pods.get_mut(&pod) {
                     p.full = true;
                 }
+                // Not an attempt: the next dispatch uses the same number.
+                e.status.attempt = (attempt > 1).then_some(attempt - 1);
                 e.state = State::Queued;
                 self.queues.entry(pool).or_default().push_front(key);
             }
