@@ -5,70 +5,46 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use kruntimes_runtime::server::Histogram;
+
 /// Upper bounds (seconds) of the latency histograms.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        if self.counts.is_empty() {
-            self.counts.resize(BUCKETS.len(), 0);
-        }
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += secs;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let c = self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
 /// Counters, gauges and histograms of the controller.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    dispatch: Mutex<Histogram>,
-    completion: Mutex<Histogram>,
+    dispatch: Histogram,
+    completion: Histogram,
     results: Mutex<BTreeMap<String, u64>>,
     reconcile_errors: Mutex<BTreeMap<String, u64>>,
     queue_depth: AtomicI64,
     active: AtomicI64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            dispatch: Histogram::new(BUCKETS),
+            completion: Histogram::new(BUCKETS),
+            results: Mutex::default(),
+            reconcile_errors: Mutex::default(),
+            queue_depth: AtomicI64::default(),
+            active: AtomicI64::default(),
+        }
+    }
+}
+
 impl Metrics {
     /// A Run's process started `secs` after the controller first saw it.
     pub fn dispatched(&self, secs: f64) {
-        self.dispatch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(secs);
+        self.dispatch.observe(secs);
     }
 
     /// A Run ended `secs` after the controller first saw it.
     pub fn completed(&self, phase: &str, secs: f64) {
-        self.completion
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(secs);
+        self.completion.observe(secs);
         *self
             .results
             .lock()
@@ -97,12 +73,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.dispatch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .render(&mut out, "krt_controller_dispatch_latency_seconds");
         self.completion
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .render(&mut out, "krt_controller_completion_latency_seconds");
         let _ = writeln!(out, "# TYPE krt_controller_runs_total counter");
         for (phase, n) in self

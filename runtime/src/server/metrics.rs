@@ -12,15 +12,66 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 
+/// A Prometheus histogram over fixed upper bounds, in seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Cumulative count per bound, the sum and the count.
+    state: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    /// An empty histogram with these upper bounds (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            state: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, secs: f64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, le) in self.bounds.iter().enumerate() {
+            if secs <= *le {
+                st.0[i] += 1;
+            }
+        }
+        st.1 += secs;
+        st.2 += 1;
+    }
+
+    /// Appends the `# TYPE` line, the buckets, the sum and the count.
+    pub fn render(&self, out: &mut String, name: &str) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (le, n) in self.bounds.iter().zip(&st.0) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", st.2);
+        let _ = writeln!(out, "{name}_sum {}", st.1);
+        let _ = writeln!(out, "{name}_count {}", st.2);
+    }
+}
+
 /// Counters of one runtime.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     by_result: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    buckets: Mutex<Vec<u64>>,
-    sum_ms: AtomicU64,
-    count: AtomicU64,
+    duration: Histogram,
     accepted: AtomicU64,
     rejected_full: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            by_result: Mutex::default(),
+            duration: Histogram::new(BUCKETS),
+            accepted: AtomicU64::default(),
+            rejected_full: AtomicU64::default(),
+        }
+    }
 }
 
 fn label(p: RunPhase) -> &'static str {
@@ -42,18 +93,7 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(label(phase))
             .or_default() += 1;
-        let secs = duration_ms as f64 / 1000.0;
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if b.is_empty() {
-            b.resize(BUCKETS.len(), 0);
-        }
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                b[i] += 1;
-            }
-        }
-        self.sum_ms.fetch_add(duration_ms, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.duration.observe(duration_ms as f64 / 1000.0);
     }
 
     /// Records an accepted run.
@@ -107,26 +147,8 @@ impl Metrics {
             out,
             "# HELP krt_runtime_run_duration_seconds Wall time of finished runs."
         );
-        let _ = writeln!(out, "# TYPE krt_runtime_run_duration_seconds histogram");
-        let b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "krt_runtime_run_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                b.get(i).copied().unwrap_or(0)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "krt_runtime_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "krt_runtime_run_duration_seconds_sum {}",
-            self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0
-        );
-        let _ = writeln!(out, "krt_runtime_run_duration_seconds_count {count}");
+        self.duration
+            .render(&mut out, "krt_runtime_run_duration_seconds");
         let _ = writeln!(out, "# HELP krt_runtime_slots Run slots of this runtime.");
         let _ = writeln!(out, "# TYPE krt_runtime_slots gauge");
         let _ = writeln!(out, "krt_runtime_slots {slots}");

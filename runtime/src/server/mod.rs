@@ -13,6 +13,7 @@ mod tests;
 use std::future::Future;
 
 pub use error::AppError;
+pub use metrics::Histogram;
 pub use routes::{MAX_BODY, router};
 pub use runs::{AppState, EventChunk, RunHandle, RunStatus, ServerConfig};
 
