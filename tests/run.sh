@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole kruntimes test suite on a fresh machine: installs the system
-# packages the tests need (Graphviz, to check `krt graph --format dot`),
+# packages the tests need (Graphviz, to check `krt graph --format dot`;
+# ShellCheck, for the step catalog's tests),
 # builds the Kubernetes 1.20 test cluster's binaries once (cached under
 # ~/.cache/kruntimes; see tests/cluster/build.sh), then runs every test of
 # every crate.
@@ -18,6 +19,16 @@ if ! command -v dot >/dev/null 2>&1; then
     echo "tests/run.sh: installing graphviz (for the DOT output test)" >&2
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+fi
+
+# The step catalog's entries run for real in tests/tests/e2e/catalog.rs;
+# ShellCheck is the one tool of theirs a fresh machine lacks (Go comes with
+# the test cluster's build below; cargo, Python, npm, tar, zstd and git are
+# on the machine).
+if ! command -v shellcheck >/dev/null 2>&1; then
+    echo "tests/run.sh: installing shellcheck (for the catalog's shellcheck entry)" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
 fi
 
 # kube-apiserver and kube-controller-manager from Debian's source package,

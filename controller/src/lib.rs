@@ -15,9 +15,14 @@
 //! follow each runtime's event stream, so nothing on the hot path polls.
 //! A Workflow controller (cluster mode, part 2) creates Runs and reuses the
 //! dispatcher unchanged.
+//!
+//! With more than one replica, only the holder of a Lease runs [`run`]
+//! (`leader.rs`); every replica serves `/metrics` and `/health`
+//! ([`serve_metrics`]), standbys with `krt_controller_leader 0`.
 
 pub mod dispatch;
 mod http;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod pool;
@@ -97,9 +102,29 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs the controller until SIGTERM/Ctrl-C or `shutdown`.
-pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+/// Binds `addr` and serves `/metrics` and `/health` until `shutdown`. Runs
+/// from the start, leader or not: a standby is healthy too.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+    Ok(tokio::spawn(http::serve(listener, metrics, shutdown)))
+}
+
+/// Reconciles pools and dispatches Runs until `shutdown` (or an error).
+/// Call it only while leading: two of these at once would dispatch every
+/// Run twice.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let slots = SlotBook::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -107,12 +132,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         slots: slots.clone(),
         metrics: metrics.clone(),
     });
-
-    let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", opts.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
-    let http = tokio::spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
 
     let (pools, deployments, secrets): (Api<RuntimePool>, Api<Deployment>, Api<Secret>) =
         match &opts.namespace {
@@ -130,8 +149,11 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGER));
 
+    // Stops both halves when either ends, so nothing dispatches after
+    // `run` returns (the caller may release the lease then).
+    let shutdown = shutdown.child_token();
     let (pool_tx, pool_rx) = futures::channel::mpsc::unbounded();
-    let dispatcher = dispatch::Dispatcher::start(
+    let mut dispatcher = dispatch::Dispatcher::start(
         client.clone(),
         opts.clone(),
         slots.clone(),
@@ -156,11 +178,10 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
 
     tokio::select! {
         _ = pool_controller => {}
-        r = dispatcher => { r??; }
+        r = &mut dispatcher => return r?,
     }
     shutdown.cancel();
-    let _ = http.await;
-    Ok(())
+    dispatcher.await?
 }
 
 fn error_policy(pool: Arc<RuntimePool>, err: &Error, ctx: Arc<Context>) -> Action {

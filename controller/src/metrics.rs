@@ -21,6 +21,7 @@ pub struct Metrics {
     reconcile_errors: Mutex<BTreeMap<String, u64>>,
     queue_depth: AtomicI64,
     active: AtomicI64,
+    leader: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -32,6 +33,7 @@ impl Default for Metrics {
             reconcile_errors: Mutex::default(),
             queue_depth: AtomicI64::default(),
             active: AtomicI64::default(),
+            leader: AtomicI64::default(),
         }
     }
 }
@@ -67,6 +69,11 @@ impl Metrics {
     pub fn set_queue(&self, queued: usize, active: usize) {
         self.queue_depth.store(queued as i64, Ordering::Relaxed);
         self.active.store(active as i64, Ordering::Relaxed);
+    }
+
+    /// Whether this process leads (dispatches) or stands by.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.store(i64::from(leading), Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
@@ -108,6 +115,12 @@ impl Metrics {
             out,
             "krt_controller_active_runs {}",
             self.active.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE krt_controller_leader gauge");
+        let _ = writeln!(
+            out,
+            "krt_controller_leader {}",
+            self.leader.load(Ordering::Relaxed)
         );
         out
     }

@@ -132,4 +132,13 @@ pub struct StepSpec {
     /// Time limit of this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// The catalog entry this step was expanded from (`cargo-test@1.0.0`);
+    /// set by the planner for `uses:` steps, kept as provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Values of the entry's parameters (`with.<name>` in `run`), defaults
+    /// filled in; a value may be a template over the workflow's context.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::any_map")]
+    pub with: IndexMap<String, serde_json::Value>,
 }

@@ -92,6 +92,9 @@ pub struct RunStep {
     /// Time limit of this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// The catalog entry and version the step came from (`cargo-test@1.0.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// An environment variable whose value comes from a Secret key.

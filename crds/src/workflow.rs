@@ -110,9 +110,16 @@ pub struct WorkflowStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
+    /// Job key in the workflow file (several nodes share it with a matrix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Display name, e.g. `test (shard=2)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// Where the job is: `Waiting`, the phase of its Run (`Pending`,
+    /// `Scheduled`, `Running`, `Succeeded`, ...), `Cached` or `Skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// Final result; absent while pending or running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
@@ -131,6 +138,16 @@ pub struct JobStatus {
     /// Artifact name -> tree digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,
+    /// Digest of the whole log in the store (`krt logs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_digest: Option<String>,
+    /// Digest of the recorded action (the exact rendered job and its input
+    /// digests) in the store; `krt replay` runs it again locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Step-cache key of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
     /// When the first attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -2,6 +2,7 @@
 //! the Kubernetes controller and the `krt` CLI.
 
 pub mod cli;
+pub mod cluster;
 pub mod embedded;
 pub mod plan;
 pub mod scheduler;

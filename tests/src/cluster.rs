@@ -9,12 +9,16 @@
 //!  │    ├─ etcd ─ kube-apiserver ─ kube-controller-manager   (children)
 //!  │    ├─ node krt-node-0: watch pods ─► bind, run, probe, report status
 //!  │    │    └─ container processes, one process group each (children)
-//!  │    └─ krt controller (child, if `krt controller` exists)
+//!  │    └─ krt controller (child, if `krt controller` exists; fault tests
+//!  │       start their own instead, one namespace each)
 //!  ├─ thread "s3s-fs" (S3 on loopback)
 //!  └─ #[tokio::test]s, each with its own runtime, own namespace
 //! ```
 //!
-//! One cluster per test process ([`Cluster::shared`]), started on first use.
+//! One cluster per test process ([`Cluster::shared`]), started on first use;
+//! [`Cluster::shared_bare`] is the same cluster without the shared
+//! controller, for tests that start, kill and restart their own
+//! ([`Cluster::spawn_controller`]).
 //! Every child is spawned from the cluster thread with `PR_SET_PDEATHSIG`
 //! (SIGKILL), so nothing outlives the test process. State lives in
 //! `$TMPDIR/krt-cluster-<pid>`; directories of dead test processes are
@@ -29,7 +33,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +70,8 @@ pub struct Cluster {
     s3: S3Server,
     store_url: String,
     controller: Mutex<Option<Controller>>,
+    /// Set by [`Cluster::shared_bare`]: no shared controller, ever.
+    bare: AtomicBool,
     started_in: Duration,
 }
 
@@ -84,6 +90,8 @@ impl std::fmt::Debug for Cluster {
 struct Component {
     name: &'static str,
     log: PathBuf,
+    /// Process id (it leads its own process group).
+    pid: Option<u32>,
     /// How it exited, once it has.
     exit: Arc<Mutex<Option<String>>>,
 }
@@ -109,22 +117,147 @@ struct Controller {
     component: Component,
 }
 
+/// A `krt controller` started by [`Cluster::spawn_controller`]. It dies with
+/// the test process; dropping this handle does not stop it.
+#[derive(Debug, Clone)]
+pub struct ControllerProcess {
+    identity: String,
+    addr: SocketAddr,
+    component: Component,
+}
+
+impl ControllerProcess {
+    /// Its `POD_NAME`: the holder identity it writes into the Lease.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Where it serves `/metrics` and `/health`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.component.pid.expect("a spawned controller has a pid")
+    }
+
+    /// SIGKILL, as if the node died under it: no lease release, no cleanup.
+    pub fn kill(&self) {
+        proc::signal_group(self.pid(), nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// SIGTERM, as Kubernetes does when it stops a pod.
+    pub fn terminate(&self) {
+        proc::signal_group(self.pid(), nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// How it exited (`exit status: 0`, `signal: 9 (SIGKILL)`), once it has.
+    pub fn exited(&self) -> Option<String> {
+        self.component.exited()
+    }
+
+    /// Waits up to `timeout` for it to exit; how it exited, or `None` if it
+    /// still runs.
+    pub async fn wait(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.component.log).unwrap_or_default()
+    }
+
+    /// The body of its `/metrics`, or `None` if it does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let fetch = async {
+            let mut s = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            let req = format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.ok()?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The value of the gauge or counter `name` (exact series, labels
+    /// included) in its `/metrics`, if it answers and has it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.metrics().await?;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
 impl Cluster {
     /// The cluster of this test process, started on first use, with the
-    /// `krt controller` running if the `krt` binary has that subcommand and
+    /// `krt controller` running (watching all namespaces, leader election
+    /// on) if the `krt` binary has that subcommand and
     /// `KRT_CLUSTER_NO_CONTROLLER` is unset.
     ///
-    /// Panics if the cluster cannot start, with the failing component's log.
+    /// Panics if the cluster cannot start, with the failing component's log,
+    /// and if this process asked for [`Cluster::shared_bare`] before.
     pub fn shared() -> &'static Cluster {
-        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-        let cluster = CLUSTER.get_or_init(|| {
-            let cluster = Cluster::start().map_err(|e| format!("{e:#}"))?;
+        let cluster = Self::process_cluster();
+        assert!(
+            !cluster.bare.load(Ordering::SeqCst),
+            "Cluster::shared() after Cluster::shared_bare() in one test process: \
+             an all-namespace controller would dispatch the bare cluster's Runs"
+        );
+        static CONTROLLER: OnceLock<Result<(), String>> = OnceLock::new();
+        let started = CONTROLLER.get_or_init(|| {
             if std::env::var_os("KRT_CLUSTER_NO_CONTROLLER").is_none() && controller_available() {
                 cluster.start_controller().map_err(|e| format!("{e:#}"))?;
             }
-            Ok(cluster)
+            Ok(())
         });
-        match cluster {
+        if let Err(e) = started {
+            panic!("the krt controller of the test cluster did not start: {e}");
+        }
+        cluster
+    }
+
+    /// The cluster of this test process without the shared controller, for
+    /// tests that start their own ([`Cluster::spawn_controller`], one
+    /// namespace each) and kill them.
+    ///
+    /// Panics if the cluster cannot start, and if this process started the
+    /// shared controller.
+    pub fn shared_bare() -> &'static Cluster {
+        let cluster = Self::process_cluster();
+        cluster.bare.store(true, Ordering::SeqCst);
+        assert!(
+            cluster
+                .controller
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none(),
+            "Cluster::shared_bare() after Cluster::shared() in one test process: \
+             the shared controller watches every namespace"
+        );
+        cluster
+    }
+
+    fn process_cluster() -> &'static Cluster {
+        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        match CLUSTER.get_or_init(|| Cluster::start().map_err(|e| format!("{e:#}"))) {
             Ok(c) => c,
             Err(e) => panic!("the test cluster did not start: {e}"),
         }
@@ -162,21 +295,83 @@ impl Cluster {
             s3,
             store_url,
             controller: Mutex::new(None),
+            bare: AtomicBool::new(false),
             started_in,
         })
     }
 
     /// Starts `krt controller` (once; later calls return the same address):
     /// KUBECONFIG, the store and the krt image are set in its environment, its
-    /// log is [`Cluster::controller_log`]. Waits until its metrics address
-    /// accepts connections.
+    /// log is [`Cluster::controller_log`]. It watches every namespace and
+    /// elects itself leader with the default Lease in `kruntimes-system`,
+    /// which this creates if needed. Waits until its metrics address accepts
+    /// connections.
     pub fn start_controller(&self) -> anyhow::Result<SocketAddr> {
         let mut slot = self.controller.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = &*slot {
             return Ok(c.addr);
         }
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        anyhow::ensure!(
+            !self.bare.load(Ordering::SeqCst),
+            "this test process uses the bare cluster (Cluster::shared_bare)"
+        );
+        let config = self.config.clone();
+        on(&self.rt, async move {
+            let client = Client::try_from(config).context("build a kube client")?;
+            ensure_namespace(&client, "kruntimes-system").await
+        })?;
         let log = self.dir.join("logs").join("krt-controller.log");
+        let (addr, component) = self.launch_controller("krt controller", log, &[], Vec::new())?;
+        *slot = Some(Controller { addr, component });
+        Ok(addr)
+    }
+
+    /// Starts one more `krt controller`, watching only `namespace` (its
+    /// Lease `kruntimes-controller` lives there too, so tests in one process
+    /// stay independent), with `extra_args` after the harness's own
+    /// (`--namespace`, `--metrics-addr`). Each gets a distinct `POD_NAME`,
+    /// which is its Lease identity ([`ControllerProcess::identity`]). Waits
+    /// until its metrics address accepts connections (before it leads).
+    ///
+    /// Meant for the bare cluster ([`Cluster::shared_bare`]): with the
+    /// shared controller running, Runs would be dispatched twice.
+    pub fn spawn_controller(
+        &self,
+        namespace: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ControllerProcess> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let identity = format!("krt-controller-{n}");
+        let log = self
+            .dir
+            .join("logs")
+            .join(format!("{identity}-{namespace}.log"));
+        let mut args = vec!["--namespace".to_owned(), namespace.to_owned()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let (addr, component) = self.launch_controller(
+            "krt controller",
+            log,
+            &args,
+            vec![("POD_NAME".to_owned(), identity.clone())],
+        )?;
+        Ok(ControllerProcess {
+            identity,
+            addr,
+            component,
+        })
+    }
+
+    /// Spawns `krt controller --metrics-addr <free port> <args>` on the
+    /// cluster thread and waits until the address accepts connections.
+    fn launch_controller(
+        &self,
+        name: &'static str,
+        log: PathBuf,
+        args: &[String],
+        extra_env: Vec<(String, String)>,
+    ) -> anyhow::Result<(SocketAddr, Component)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let mut env = host_env();
         env.extend([
             (
@@ -189,15 +384,17 @@ impl Cluster {
             ("NO_COLOR".to_owned(), "1".to_owned()),
         ]);
         env.extend(self.store_env().into_iter().map(|(k, v)| (k.to_owned(), v)));
-        let args = vec![
+        env.extend(extra_env);
+        let mut all = vec![
             "controller".to_owned(),
             "--metrics-addr".to_owned(),
             addr.to_string(),
         ];
+        all.extend(args.iter().cloned());
         let krt = crate::krt_bin();
         let t0 = Instant::now();
         let component = on(&self.rt, async move {
-            let c = spawn_component("krt controller", &krt, &args, env, log)?;
+            let c = spawn_component(name, &krt, &all, env, log)?;
             wait_for(
                 &c,
                 &format!("its metrics address {addr} to accept connections"),
@@ -209,12 +406,12 @@ impl Cluster {
         proc::note(
             &self.dir.join("logs").join("cluster.log"),
             &format!(
-                "krt controller serves {addr} after {:.2}s",
+                "{name} (pid {:?}) serves {addr} after {:.2}s",
+                component.pid,
                 t0.elapsed().as_secs_f64()
             ),
         );
-        *slot = Some(Controller { addr, component });
-        Ok(addr)
+        Ok((addr, component))
     }
 
     /// A new client for the cluster, as the admin (group `system:masters`).
@@ -292,7 +489,8 @@ impl Cluster {
         name
     }
 
-    /// The IP the node gave the pod (`127.0.0.N`), while the node runs it.
+    /// The IP the node gave the pod (on loopback: `127.B.x.y`), while the
+    /// node runs it.
     pub fn pod_ip(&self, ns: &str, pod: &str) -> Option<Ipv4Addr> {
         self.node.pods.get(ns, pod).map(|p| p.ip)
     }
@@ -560,6 +758,7 @@ fn spawn_component(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("start {name} ({})", program.display()))?;
+    let pid = child.id();
     let exit = Arc::new(Mutex::new(None));
     let record = exit.clone();
     tokio::spawn(async move {
@@ -569,7 +768,12 @@ fn spawn_component(
         };
         *record.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     });
-    Ok(Component { name, log, exit })
+    Ok(Component {
+        name,
+        log,
+        pid,
+        exit,
+    })
 }
 
 /// Polls `ready` until it holds; fails early, with the component's log, if
@@ -850,6 +1054,20 @@ current-context: krt
         node,
         components,
     })
+}
+
+/// Creates namespace `name` unless it exists.
+async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+        .context("a Namespace")?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("create namespace {name}")),
+    }
 }
 
 /// Creates the CRDs of `crds/generated/crds.yaml` and waits until they are

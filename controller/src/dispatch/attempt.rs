@@ -1,6 +1,7 @@
-//! One attempt of one Run on one runtime pod: POST it, follow the event
-//! stream, report back to the dispatcher. Reconnects when the stream breaks;
-//! declares the attempt lost when the runtime stops answering.
+//! One attempt of one Run on one runtime pod: POST it (or, adopting it after
+//! a controller restart, check that the runtime still has it), follow the
+//! event stream, report back to the dispatcher. Reconnects when the stream
+//! breaks; declares the attempt lost when the runtime stops answering.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,60 +93,16 @@ async fn follow(
     cancel: &CancellationToken,
     report: &impl Fn(AttemptEvent),
 ) -> Result<(), AttemptEvent> {
-    if !spec.secret_env.is_empty() {
-        spec.request.secrets = resolve_secrets(kube, &spec.key.0, &spec.secret_env).await?;
-    }
     let base = format!("http://{}", spec.addr);
     let id = spec.request.id.clone();
 
-    // POST (idempotent: adopting a running attempt returns it).
-    let body =
-        serde_json::to_vec(&spec.request).map_err(|e| AttemptEvent::Rejected(e.to_string()))?;
-    let resp = send(
-        http,
-        Method::POST,
-        &format!("{base}/v1/runs"),
-        &spec.token,
-        Some(body),
-    )
-    .await
-    .map_err(|e| AttemptEvent::Lost(format!("POST to the runtime at {} failed: {e}", spec.addr)))?;
-    match resp.0 {
-        StatusCode::OK | StatusCode::CREATED => {}
-        StatusCode::TOO_MANY_REQUESTS => return Err(AttemptEvent::Busy),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            return Err(AttemptEvent::Lost(format!(
-                "the runtime at {} is shutting down",
-                spec.addr
-            )));
+    if spec.adopt {
+        check_adoptable(&spec, http, &base, &id).await?;
+    } else {
+        if !spec.secret_env.is_empty() {
+            spec.request.secrets = resolve_secrets(kube, &spec.key.0, &spec.secret_env).await?;
         }
-        StatusCode::UNAUTHORIZED => {
-            return Err(AttemptEvent::Lost(format!(
-                "the runtime at {} refused the pool token (401); the token Secret may have changed",
-                spec.addr
-            )));
-        }
-        StatusCode::CONFLICT if spec.adopt => {
-            return Err(AttemptEvent::Lost(format!(
-                "the runtime at {} no longer has attempt {}: {}",
-                spec.addr,
-                spec.attempt,
-                String::from_utf8_lossy(&resp.1)
-            )));
-        }
-        s if s.is_client_error() => {
-            return Err(AttemptEvent::Rejected(format!(
-                "the runtime refused the Run ({s}): {}",
-                error_message(&resp.1)
-            )));
-        }
-        s => {
-            return Err(AttemptEvent::Lost(format!(
-                "the runtime at {} answered {s}: {}",
-                spec.addr,
-                error_message(&resp.1)
-            )));
-        }
+        post_run(&spec, http, &base).await?;
     }
 
     let mut next: u64 = 0;
@@ -264,6 +221,117 @@ async fn follow(
             }
         }
         // The stream broke before the end: reconnect from `next`.
+    }
+}
+
+/// Starts the attempt on the runtime (idempotent by id + attempt).
+async fn post_run(spec: &AttemptSpec, http: &Http, base: &str) -> Result<(), AttemptEvent> {
+    let body =
+        serde_json::to_vec(&spec.request).map_err(|e| AttemptEvent::Rejected(e.to_string()))?;
+    let resp = send(
+        http,
+        Method::POST,
+        &format!("{base}/v1/runs"),
+        &spec.token,
+        Some(body),
+    )
+    .await
+    .map_err(|e| AttemptEvent::Lost(format!("POST to the runtime at {} failed: {e}", spec.addr)))?;
+    match resp.0 {
+        StatusCode::OK | StatusCode::CREATED => {}
+        StatusCode::TOO_MANY_REQUESTS => return Err(AttemptEvent::Busy),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(AttemptEvent::Lost(format!(
+                "the runtime at {} is shutting down",
+                spec.addr
+            )));
+        }
+        StatusCode::UNAUTHORIZED => {
+            return Err(AttemptEvent::Lost(format!(
+                "the runtime at {} refused the pool token (401); the token Secret may have changed",
+                spec.addr
+            )));
+        }
+        s if s.is_client_error() => {
+            return Err(AttemptEvent::Rejected(format!(
+                "the runtime refused the Run ({s}): {}",
+                error_message(&resp.1)
+            )));
+        }
+        s => {
+            return Err(AttemptEvent::Lost(format!(
+                "the runtime at {} answered {s}: {}",
+                spec.addr,
+                error_message(&resp.1)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adoption after a controller restart: the runtime must still have this
+/// very attempt. Never POSTs: if the runtime restarted, a POST would run
+/// the steps again under the same attempt number, hiding that the first
+/// execution was lost; instead the attempt is lost and the retry policy
+/// applies, like any other runtime loss.
+async fn check_adoptable(
+    spec: &AttemptSpec,
+    http: &Http,
+    base: &str,
+    id: &str,
+) -> Result<(), AttemptEvent> {
+    #[derive(serde::Deserialize)]
+    struct Known {
+        attempt: u32,
+    }
+    let mut unreachable_since = None;
+    loop {
+        let resp = send(
+            http,
+            Method::GET,
+            &format!("{base}/v1/runs/{id}"),
+            &spec.token,
+            None,
+        )
+        .await;
+        let (status, body) = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                wait_unreachable(&mut unreachable_since, spec.lost_after, &spec.addr, &e).await?;
+                continue;
+            }
+        };
+        return match status {
+            StatusCode::OK => match serde_json::from_slice::<Known>(&body) {
+                Ok(k) if k.attempt == spec.attempt => Ok(()),
+                Ok(k) => Err(AttemptEvent::Lost(format!(
+                    "the runtime at {} has attempt {} of the run, not attempt {}",
+                    spec.addr, k.attempt, spec.attempt
+                ))),
+                Err(e) => Err(AttemptEvent::Lost(format!(
+                    "unreadable run status from the runtime at {}: {e}",
+                    spec.addr
+                ))),
+            },
+            StatusCode::NOT_FOUND => Err(AttemptEvent::Lost(format!(
+                "the runtime at {} no longer knows the run (it restarted while no controller was following it)",
+                spec.addr
+            ))),
+            StatusCode::UNAUTHORIZED => Err(AttemptEvent::Lost(format!(
+                "the runtime at {} refused the pool token (401); the token Secret may have changed",
+                spec.addr
+            ))),
+            s => {
+                wait_unreachable(
+                    &mut unreachable_since,
+                    spec.lost_after,
+                    &spec.addr,
+                    &format!("run status answered {s}"),
+                )
+                .await?;
+                continue;
+            }
+        };
     }
 }
 

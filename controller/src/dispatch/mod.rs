@@ -493,7 +493,29 @@ impl Inner {
                 .count();
             self.metrics.set_queue(queued, active);
         }
+        self.stop().await;
         Ok(())
+    }
+
+    /// Leaves Runs in flight to the next leader, which adopts them from
+    /// their status: stops following them (their runtimes keep running
+    /// them) and lets the status already set go out first, so that nothing
+    /// of ours lands after the lease may have changed hands.
+    async fn stop(&mut self) {
+        let mut writers = Vec::new();
+        for (_, e) in self.runs.drain() {
+            if let State::Active { task, .. } = &e.state {
+                task.abort();
+            }
+            writers.push(e.writer.close());
+        }
+        let flushed = futures::future::join_all(writers);
+        if tokio::time::timeout(Duration::from_secs(5), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some Run status writes did not finish within 5s of shutdown");
+        }
     }
 
     fn synced(&self) -> bool {

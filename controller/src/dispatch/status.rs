@@ -24,12 +24,13 @@ fn final_phase(s: &RunStatus) -> bool {
 #[derive(Debug)]
 pub(crate) struct StatusWriter {
     tx: watch::Sender<Option<Arc<RunStatus>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl StatusWriter {
     pub(crate) fn start(client: kube::Client, ns: String, name: String) -> Self {
         let (tx, mut rx) = watch::channel::<Option<Arc<RunStatus>>>(None);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let api: Api<Run> = Api::namespaced(client, &ns);
             let pp = PatchParams::apply(MANAGER).force();
             loop {
@@ -112,7 +113,14 @@ impl StatusWriter {
                 }
             }
         });
-        StatusWriter { tx }
+        StatusWriter { tx, task }
+    }
+
+    /// No more statuses: the returned task ends once the last one is
+    /// written (or given up on).
+    pub(crate) fn close(self) -> tokio::task::JoinHandle<()> {
+        drop(self.tx);
+        self.task
     }
 
     pub(crate) fn set(&self, status: &RunStatus) {

@@ -1,9 +1,12 @@
 //! The `krt` command line: one file per verb, each returning an exit code.
 
+mod cancel;
+mod catalog;
 mod controller;
 mod crds;
 mod exit;
 mod explain;
+mod get;
 mod graph;
 mod logs;
 mod replay;
@@ -12,7 +15,9 @@ mod runs;
 mod runtime;
 mod self_install;
 mod store;
+mod submit;
 mod validate;
+mod wait;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +44,11 @@ Examples:
   krt validate ci.yaml                 check a workflow file and report every problem
   krt graph ci.yaml                    show the jobs by level, with their needs
   krt graph ci.yaml --format dot | dot -Tsvg > ci.svg
+  krt catalog list                     reusable steps for `uses:`;  krt catalog show cargo-test
+  krt submit ci.yaml --wait            run a workflow on Kubernetes and follow it
+  krt get workflows                    Workflows on the cluster;  krt get runs -w NAME  their Runs
+  krt logs NAME build -f               a cluster job's log;  krt replay NAME build  rerun it here
+  krt cancel NAME;  krt wait NAME      stop a cluster Workflow;  wait for one to end
   krt crds | kubectl apply -f -        install the CustomResourceDefinitions
   krt runtime serve --token-file token serve runs over HTTP (a warm runtime)
   krt controller                       cluster mode: RuntimePools and Run dispatch
@@ -103,6 +113,11 @@ enum Command {
     Explain(explain::Args),
     Validate(validate::Args),
     Graph(graph::Args),
+    Catalog(catalog::Args),
+    Submit(submit::Args),
+    Get(get::Args),
+    Wait(wait::Args),
+    Cancel(cancel::Args),
     Crds(crds::Args),
     Runtime(runtime::Args),
     Controller(controller::Args),
@@ -136,7 +151,12 @@ pub fn main() -> ExitCode {
     init_logging(cli.color);
     if !matches!(
         cli.command,
-        Command::Run(_) | Command::Replay(_) | Command::Runtime(_) | Command::Controller(_)
+        Command::Run(_)
+            | Command::Replay(_)
+            | Command::Runtime(_)
+            | Command::Controller(_)
+            | Command::Submit(_)
+            | Command::Wait(_)
     ) {
         default_sigpipe();
     }
@@ -148,6 +168,11 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args, cli.color),
         Command::Validate(args) => validate::run(args, cli.color),
         Command::Graph(args) => graph::run(args, cli.color),
+        Command::Catalog(args) => catalog::run(args, cli.color),
+        Command::Submit(args) => submit::run(args, cli.color),
+        Command::Get(args) => get::run(args),
+        Command::Wait(args) => wait::run(args, cli.color),
+        Command::Cancel(args) => cancel::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Runtime(args) => runtime::run(args),
         Command::Controller(args) => controller::run(args),

@@ -9,23 +9,28 @@ use tokio_util::sync::CancellationToken;
 
 use super::Exit;
 use super::store::{StoreArg, error, runtime};
+use crate::cluster::client::{self, ClusterArgs};
 use crate::embedded::replay;
 
 /// Run a recorded job again on this machine, in a fresh workspace, with
 /// exactly the recorded action: the same rendered steps, environment, input
 /// artifacts and source tree.
 ///
-/// The store may be any URL, so a failure recorded by the cluster in S3
-/// replays on a laptop (`--store s3://...`). Secrets are recorded by name
-/// only; their values are taken from this environment.
+/// RUN is a local run (`krt runs`) or, when no local run has that name or
+/// `--context`/`--namespace` is given, a Workflow on the cluster of the
+/// kubeconfig: its job's recorded action and inputs are fetched from the
+/// cluster's store (from the cluster's configuration, or `--store`).
+/// Secrets are recorded by name only; their values are taken from this
+/// environment.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
   krt replay latest deploy
   krt replay ci-20261126-221503-3fa2 test-2 --shell     open a shell in the workspace afterwards
-  krt replay latest build --keep                       keep the workspace and print its path")]
+  krt replay latest build --keep                       keep the workspace and print its path
+  krt replay ci-x7k2p test -n ci                       a job of a Workflow on the cluster")]
 pub struct Args {
-    /// Run id, `latest`, or a workflow name.
+    /// Run id, `latest`, a workflow name, or a cluster Workflow's name.
     pub run: String,
     /// Job (node name such as `test-2`, or a job key with one node).
     pub job: String,
@@ -37,16 +42,11 @@ pub struct Args {
     pub keep: bool,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 pub fn run(args: Args) -> Exit {
-    let store = match args.store.open() {
-        Ok(s) => s,
-        Err(e) => {
-            error(e);
-            return Exit::Internal;
-        }
-    };
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -55,11 +55,11 @@ pub fn run(args: Args) -> Exit {
         }
     };
     rt.block_on(async move {
-        let found = match replay::find(&store, &args.run, &args.job).await {
-            Ok(f) => f,
-            Err(e) => {
+        let (store, found) = match locate(&args).await {
+            Ok(x) => x,
+            Err((e, exit)) => {
                 error(e);
-                return Exit::Usage;
+                return exit;
             }
         };
         let mut secrets = BTreeMap::new();
@@ -138,4 +138,47 @@ pub fn run(args: Args) -> Exit {
             _ => Exit::WorkflowFailed,
         }
     })
+}
+
+/// Finds the recorded job: in the local store, else (or with cluster
+/// flags) in a Workflow on the cluster.
+async fn locate(
+    args: &Args,
+) -> Result<(kruntimes_runtime::cas::Store, replay::Found), (String, Exit)> {
+    let mut local_error = None;
+    if !args.cluster.explicit() {
+        let store = args.store.open().map_err(|e| (e, Exit::Internal))?;
+        match replay::find(&store, &args.run, &args.job).await {
+            Ok(f) => return Ok((store, f)),
+            Err(e) => local_error = Some(e),
+        }
+    }
+    let not_found = |cluster: String| match &local_error {
+        Some(local) => (format!("{local}; {cluster}"), Exit::Usage),
+        None => (cluster, Exit::Usage),
+    };
+    let target = match client::connect(&args.cluster).await {
+        Ok(t) => t,
+        Err(e) if local_error.is_some() => {
+            return Err(not_found(format!("and no cluster to look in ({e})")));
+        }
+        Err(e) => return Err((e, Exit::Internal)),
+    };
+    let wf = match client::get_workflow(&target, &args.run).await {
+        Ok(Some(wf)) => wf,
+        Ok(None) => {
+            return Err(not_found(format!(
+                "no Workflow `{}` in namespace {} either",
+                args.run, target.namespace
+            )));
+        }
+        Err(e) => return Err((e, Exit::Internal)),
+    };
+    let store = client::cluster_store(&target, args.store.store.as_deref())
+        .await
+        .map_err(|e| (e, Exit::Internal))?;
+    let found = client::find_for_replay(&store, &wf, &args.job)
+        .await
+        .map_err(|e| (e, Exit::Usage))?;
+    Ok((store, found))
 }

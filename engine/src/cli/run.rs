@@ -155,7 +155,7 @@ impl TextUi {
 
 /// Writes a line to stdout; a closed pipe must not stop (or crash) a run
 /// that owns child processes, so errors are ignored.
-fn out(line: &str) {
+pub(crate) fn out(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
 }
@@ -262,7 +262,27 @@ impl Ui for QuietUi {
     }
 }
 
-fn summary(report: &embedded::RunReport) -> String {
+/// The text progress display of `krt run`, also used by `krt submit
+/// --wait` and `krt wait`: job-prefixed logs, one line per result, and
+/// live status lines when stdout is a terminal.
+pub(crate) fn text_ui(color: Color, quiet: bool, width: usize) -> Box<dyn Ui> {
+    let stdout_tty = std::io::stdout().is_terminal();
+    Box::new(TextUi {
+        color: color.enabled(stdout_tty),
+        quiet,
+        width,
+        colors: Default::default(),
+        live: stdout_tty.then(Live::new),
+    })
+}
+
+/// A display that only prints engine notes (for `--output json`).
+pub(crate) fn quiet_ui() -> Box<dyn Ui> {
+    Box::new(QuietUi)
+}
+
+/// The summary table printed at the end of a run.
+pub(crate) fn summary(report: &embedded::RunReport) -> String {
     let w = report
         .jobs
         .iter()

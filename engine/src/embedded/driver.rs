@@ -319,6 +319,7 @@ pub async fn run(
                                 source,
                                 &mut narrowed,
                                 attempt,
+                                HOST_POOL,
                             )
                             .await
                         }
@@ -606,7 +607,9 @@ fn worse(a: JobResult, b: JobResult) -> JobResult {
     if rank(b) > rank(a) { b } else { a }
 }
 
-/// Renders a node and builds its action and run request.
+/// Renders a node and builds its action and run request. `pool` is the
+/// pool identity in the action (and so in the cache key): [`HOST_POOL`]
+/// embedded, the pool's image in cluster mode.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn prepare(
     plan: &Plan,
@@ -619,6 +622,7 @@ pub(crate) async fn prepare(
     source: Digest,
     narrowed: &mut HashMap<usize, Digest>,
     attempt: u32,
+    pool: &str,
 ) -> Result<(Action, RunRequest), String> {
     let needs = need_states(plan, local, reports, n);
     let ctx = RenderContext {
@@ -686,7 +690,7 @@ pub(crate) async fn prepare(
         version: CACHE_VERSION,
         job: job.key.clone(),
         node: node.name.clone(),
-        pool: HOST_POOL.into(),
+        pool: pool.into(),
         steps: rendered.steps.clone(),
         env: rendered.env.clone(),
         secret_names: Vec::new(),

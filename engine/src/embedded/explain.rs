@@ -100,6 +100,7 @@ pub async fn explain(
             src,
             &mut narrowed,
             1,
+            super::driver::HOST_POOL,
         )
         .await
         {

@@ -2,10 +2,12 @@
 //! expansion work on this; [`WorkflowAst::to_spec`] gives the normalised wire
 //! model stored in a `Workflow` resource.
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 use kruntimes_crds::{JobDefaults, JobSpec, ParamSpec, StepSpec, WorkflowFileSpec};
 
-use super::diag::Span;
+use super::diag::{Source, Span};
 use super::yaml::Style;
 
 /// A value and where it was written.
@@ -26,6 +28,16 @@ pub struct Text {
     pub span: Span,
     /// Scalar style, to map template offsets back to the file.
     pub style: Style,
+    /// The file the text was written in when that is not the workflow file:
+    /// the catalog entry a `uses:` step expanded.
+    pub file: Option<Arc<Source>>,
+}
+
+impl Text {
+    /// The file the text's span is in: its own, else `workflow`.
+    pub fn source<'a>(&'a self, workflow: &'a Source) -> &'a Source {
+        self.file.as_deref().unwrap_or(workflow)
+    }
 }
 
 /// A whole workflow file.
@@ -161,8 +173,31 @@ pub struct StepAst {
     pub env: IndexMap<String, EnvVarAst>,
     /// Step timeout.
     pub timeout: Option<Spanned<String>>,
+    /// Set when the step was expanded from a catalog entry (`uses:`).
+    pub origin: Option<Arc<StepOrigin>>,
 }
 
+/// Where an expanded step came from, and the values its templates read as
+/// `with.<name>`. Every step of one `uses:` shares one origin.
+#[derive(Clone, Debug)]
+pub struct StepOrigin {
+    /// Provenance: `cargo-test@1.0.0`, recorded on every rendered step.
+    pub from: String,
+    /// Span of the `uses:` value (or of `from:` in the normalised form).
+    pub span: Span,
+    /// Every parameter of the entry, given or defaulted, in the entry's order.
+    pub with: IndexMap<String, WithArg>,
+}
+
+/// The value of one entry parameter.
+#[derive(Clone, Debug)]
+pub struct WithArg {
+    /// The literal value (a string template's text as written).
+    pub value: serde_json::Value,
+    /// Set for a string holding `{{`/`{%`: rendered in the workflow's
+    /// context when the job becomes ready.
+    pub template: Option<Text>,
+}
 fn env_map(env: &IndexMap<String, EnvVarAst>) -> IndexMap<String, String> {
     env.iter()
         .map(|(k, v)| (k.clone(), v.value.value.clone()))
@@ -176,6 +211,11 @@ fn val<T: Clone>(s: &Option<Spanned<T>>) -> Option<T> {
 impl WorkflowAst {
     /// The normalised wire model (shorthands expanded), as stored in a
     /// `Workflow` resource. Serialising it gives a valid workflow file.
+    ///
+    /// `uses:` steps appear expanded: the entry's steps with `from:` (the
+    /// entry and version) and `with:` (every parameter's value), so the
+    /// controller re-plans them without the catalog and renders the same
+    /// steps, with the same cache keys, as the CLI.
     pub fn to_spec(&self) -> WorkflowFileSpec {
         WorkflowFileSpec {
             params: self
@@ -256,6 +296,17 @@ impl JobAst {
                     shell: val(&s.shell),
                     env: env_map(&s.env),
                     timeout: val(&s.timeout),
+                    from: s.origin.as_ref().map(|o| o.from.clone()),
+                    with: s
+                        .origin
+                        .as_ref()
+                        .map(|o| {
+                            o.with
+                                .iter()
+                                .map(|(k, a)| (k.clone(), a.value.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
             artifacts: self

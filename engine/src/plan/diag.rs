@@ -53,9 +53,13 @@ pub struct Diagnostic {
     /// Where; `None` for problems of the file as a whole.
     pub span: Option<Span>,
     /// Short text under the span.
-    pub label: Option<String>,
+    /// (Boxed: it keeps a diagnostic small enough to return by value.)
+    pub label: Option<Box<str>>,
     /// A suggestion, printed as `help: ...`.
     pub hint: Option<String>,
+    /// The file the span is in, when it is not the workflow file itself
+    /// (a catalog entry a `uses:` step expanded).
+    pub file: Option<Arc<Source>>,
 }
 
 impl Diagnostic {
@@ -67,6 +71,7 @@ impl Diagnostic {
             span,
             label: None,
             hint: None,
+            file: None,
         }
     }
 
@@ -80,7 +85,7 @@ impl Diagnostic {
 
     /// Adds a label under the span.
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
+        self.label = Some(label.into().into_boxed_str());
         self
     }
 
@@ -95,9 +100,19 @@ impl Diagnostic {
         self.hint = hint;
         self
     }
+
+    /// Places the span in another file than the workflow's (`None` keeps it
+    /// in the workflow file).
+    pub fn in_file(mut self, file: Option<Arc<Source>>) -> Self {
+        if file.is_some() {
+            self.file = file;
+        }
+        self
+    }
 }
 
-/// The text of a workflow file, with the name it is reported under.
+/// The text of a workflow file (or of a catalog entry), with the name it is
+/// reported under.
 #[derive(Clone, Debug)]
 pub struct Source {
     /// Path or name shown in diagnostics (`ci.yaml`, `workflow/ns/name`).
@@ -156,6 +171,15 @@ impl Source {
     }
 }
 
+/// Two sources are the same file when name and text are.
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.text == other.text
+    }
+}
+
+impl Eq for Source {}
+
 /// All diagnostics of one file, sorted by position.
 #[derive(Clone, Debug)]
 pub struct Diagnostics {
@@ -166,10 +190,18 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    /// Sorts `items` into a stable order: by position, then by message.
+    /// Sorts `items` into a stable order: the workflow file's first, then
+    /// those in other files (catalog entries) by file name; by position,
+    /// then by message.
     pub fn new(source: Source, mut items: Vec<Diagnostic>) -> Self {
         items.sort_by(|a, b| {
-            let key = |d: &Diagnostic| (d.span.map_or((0, 0), |s| (s.start, s.end)), d.severity);
+            let key = |d: &Diagnostic| {
+                (
+                    d.file.as_ref().map(|f| f.name.clone()),
+                    d.span.map_or((0, 0), |s| (s.start, s.end)),
+                    d.severity,
+                )
+            };
             key(a).cmp(&key(b)).then_with(|| a.message.cmp(&b.message))
         });
         items.dedup();
@@ -211,35 +243,34 @@ impl Diagnostics {
         };
         let title = level.primary_title(d.message.as_str());
         let mut groups = Vec::new();
+        let source = d.file.as_deref().unwrap_or(&self.source);
         match d.span {
             Some(span) => {
-                let start = self.source.byte(span.start);
-                let mut end = self.source.byte(span.end).max(start);
+                let start = source.byte(span.start);
+                let mut end = source.byte(span.end).max(start);
                 // An empty span (end of file, an empty value) still gets a caret.
-                if end == start && start < self.source.text.len() {
+                if end == start && start < source.text.len() {
                     end = start
-                        + self.source.text[start..]
+                        + source.text[start..]
                             .chars()
                             .next()
                             .map_or(0, char::len_utf8);
                 }
                 let mut annotation = AnnotationKind::Primary.span(start..end);
                 if let Some(label) = &d.label {
-                    annotation = annotation.label(label.as_str());
+                    annotation = annotation.label(&**label);
                 }
                 groups.push(
                     title.element(
-                        Snippet::source(&*self.source.text)
-                            .path(self.source.name.as_str())
+                        Snippet::source(&*source.text)
+                            .path(source.name.as_str())
                             .fold(true)
                             .annotation(annotation),
                     ),
                 );
             }
             None => {
-                groups.push(
-                    title.element(annotate_snippets::Origin::path(self.source.name.as_str())),
-                );
+                groups.push(title.element(annotate_snippets::Origin::path(source.name.as_str())));
             }
         }
         if let Some(hint) = &d.hint {

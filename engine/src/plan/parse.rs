@@ -4,13 +4,16 @@
 //! Every problem is pushed to a list and reading goes on, so one run reports
 //! all of them.
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 
 use super::ast::{
     ArtifactAst, AxisAst, DefaultsAst, EnvVarAst, JobAst, MatrixAst, ParamAst, Spanned, StepAst,
     Text, WorkflowAst,
 };
-use super::diag::{Diagnostic, Span, did_you_mean};
+use super::catalog::Resolver;
+use super::diag::{Diagnostic, Source, Span, did_you_mean};
 use super::yaml::{Kind, Node, Style};
 
 const MANIFEST_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
@@ -32,12 +35,19 @@ pub const JOB_KEYS: &[&str] = &[
     "shell",
     "steps",
     "run",
+    "uses",
+    "with",
     "artifacts",
     "inputs",
     "cache",
     "source",
 ];
-const STEP_KEYS: &[&str] = &["name", "run", "shell", "env", "timeout"];
+/// Keys of a `run:` step. `from` and `with` appear in the normalised form of
+/// an expanded `uses:` step; `uses` itself starts a step that is read apart
+/// and is listed only so a misspelling of it gets a suggestion.
+const STEP_KEYS: &[&str] = &[
+    "name", "run", "shell", "env", "timeout", "uses", "from", "with",
+];
 
 /// Hints for keys people bring from other CI systems.
 fn foreign_key_hint(key: &str) -> Option<&'static str> {
@@ -48,9 +58,6 @@ fn foreign_key_hint(key: &str) -> Option<&'static str> {
         "runs-on" => "in kruntimes a job runs on a warm runtime pool: use `pool:`",
         "timeout-minutes" => "use `timeout:` with a unit, such as `timeout: 10m`",
         "strategy" => "put the axes directly under `matrix:`",
-        "uses" | "with" => {
-            "reusable `uses:` steps are not supported yet; write the command with `run:`"
-        }
         "outputs" => {
             "outputs need no declaration: a step appends `key=value` lines to \"$KRT_OUTPUT\""
         }
@@ -61,24 +68,30 @@ fn foreign_key_hint(key: &str) -> Option<&'static str> {
 
 pub(crate) struct Reader<'d> {
     pub diags: &'d mut Vec<Diagnostic>,
+    /// Resolves `uses:` references; `None` while reading a catalog entry,
+    /// which cannot use another entry.
+    pub catalog: Option<&'d Resolver>,
+    /// The file being read when it is not the workflow (a catalog entry):
+    /// stamped on every text, so later diagnostics point into it.
+    pub file: Option<Arc<Source>>,
 }
 
-type Entries<'a> = &'a [(Node, Node)];
+pub(crate) type Entries<'a> = &'a [(Node, Node)];
 
-fn key_str(k: &Node) -> &str {
+pub(crate) fn key_str(k: &Node) -> &str {
     k.as_str().unwrap_or_default()
 }
 
-fn get<'a>(entries: Entries<'a>, key: &str) -> Option<&'a (Node, Node)> {
+pub(crate) fn get<'a>(entries: Entries<'a>, key: &str) -> Option<&'a (Node, Node)> {
     entries.iter().find(|(k, _)| key_str(k) == key)
 }
 
 impl Reader<'_> {
-    fn err(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+    pub(crate) fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d.in_file(self.file.clone()));
     }
 
-    fn map<'a>(&mut self, node: &'a Node, what: &str) -> Option<Entries<'a>> {
+    pub(crate) fn map<'a>(&mut self, node: &'a Node, what: &str) -> Option<Entries<'a>> {
         match &node.kind {
             Kind::Map(entries) => Some(entries),
             _ if node.is_null() => Some(&[]),
@@ -95,7 +108,7 @@ impl Reader<'_> {
         }
     }
 
-    fn check_keys(&mut self, entries: Entries<'_>, allowed: &[&str], what: &str) {
+    pub(crate) fn check_keys(&mut self, entries: Entries<'_>, allowed: &[&str], what: &str) {
         for (k, _) in entries {
             let key = key_str(k);
             if allowed.contains(&key) {
@@ -113,7 +126,7 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
+    pub(crate) fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
         match &node.kind {
             Kind::Scalar(s, _) if !node.is_null() => Some(Spanned {
                 value: s.clone(),
@@ -132,12 +145,13 @@ impl Reader<'_> {
         }
     }
 
-    fn text(&mut self, node: &Node, what: &str) -> Option<Text> {
+    pub(crate) fn text(&mut self, node: &Node, what: &str) -> Option<Text> {
         match &node.kind {
             Kind::Scalar(s, style) if !node.is_null() => Some(Text {
                 value: s.clone(),
                 span: node.span,
                 style: *style,
+                file: self.file.clone(),
             }),
             _ => {
                 self.err(
@@ -175,7 +189,7 @@ impl Reader<'_> {
         })
     }
 
-    fn bool(&mut self, node: &Node, what: &str) -> Option<Spanned<bool>> {
+    pub(crate) fn bool(&mut self, node: &Node, what: &str) -> Option<Spanned<bool>> {
         let parsed = match &node.kind {
             Kind::Scalar(s, Style::Plain) => match s.as_str() {
                 "true" | "True" | "TRUE" => Some(true),
@@ -222,7 +236,11 @@ impl Reader<'_> {
         }
     }
 
-    fn scalar_value(&mut self, node: &Node, what: &str) -> Option<Spanned<serde_json::Value>> {
+    pub(crate) fn scalar_value(
+        &mut self,
+        node: &Node,
+        what: &str,
+    ) -> Option<Spanned<serde_json::Value>> {
         match &node.kind {
             Kind::Scalar(..) => Some(Spanned {
                 value: node.to_json(),
@@ -244,7 +262,7 @@ impl Reader<'_> {
         }
     }
 
-    fn env(&mut self, node: &Node, what: &str) -> IndexMap<String, EnvVarAst> {
+    pub(crate) fn env(&mut self, node: &Node, what: &str) -> IndexMap<String, EnvVarAst> {
         let mut out = IndexMap::new();
         let Some(entries) = self.map(node, &format!("`env` of {what}")) else {
             return out;
@@ -261,6 +279,7 @@ impl Reader<'_> {
                     },
                     span: v.span,
                     style: *style,
+                    file: self.file.clone(),
                 },
                 _ => {
                     self.err(
@@ -483,6 +502,7 @@ impl Reader<'_> {
         };
         let mut run_key: Option<Span> = None;
         let mut steps_key: Option<Span> = None;
+        let mut uses_key: Option<Span> = None;
         for (k, v) in entries {
             let field = |f: &str| format!("`{f}` of {what}");
             match key_str(k) {
@@ -509,9 +529,24 @@ impl Reader<'_> {
                             shell: None,
                             env: IndexMap::new(),
                             timeout: None,
+                            origin: None,
                         });
                     }
                 }
+                "uses" => {
+                    // The one-step shorthand: the entry's steps are the job's.
+                    uses_key = Some(k.span);
+                    let with = get(entries, "with").map(|(_, w)| w);
+                    let steps = self.uses_step(v, with, None, IndexMap::new(), k.span, &what);
+                    job.steps.extend(steps);
+                }
+                "with" if get(entries, "uses").is_none() => self.err(
+                    Diagnostic::error(format!("{what} has `with` but no `uses`"), Some(k.span))
+                        .with_label("values for nothing")
+                        .with_hint(
+                            "`with:` passes values to the catalog entry named by `uses:`, such as `uses: cargo-test@v1`",
+                        ),
+                ),
                 "steps" => {
                     steps_key = Some(k.span);
                     if matches!(&v.kind, Kind::Seq(items) if items.is_empty()) || v.is_null() {
@@ -534,6 +569,15 @@ impl Reader<'_> {
                     .with_label("second way to give the job's commands")
                     .with_hint("use `run:` for a single command, or move it into `steps:`"),
             ),
+            _ if uses_key.is_some() && (run_key.is_some() || steps_key.is_some()) => {
+                let other = if run_key.is_some() { "run" } else { "steps" };
+                self.err(
+                    Diagnostic::error(format!("{what} has both `uses` and `{other}`"), uses_key)
+                        .with_label("second way to give the job's commands")
+                        .with_hint("a job has one of `run`, `steps` or `uses`; list several commands and entries under `steps:`"),
+                );
+            }
+            (None, None) if uses_key.is_some() => {}
             (None, None) => self.err(
                 Diagnostic::error(format!("{what} has no steps"), Some(key.span))
                     .with_label("nothing to run")
@@ -544,7 +588,7 @@ impl Reader<'_> {
         Some(job)
     }
 
-    fn steps(&mut self, node: &Node, what: &str) -> Vec<StepAst> {
+    pub(crate) fn steps(&mut self, node: &Node, what: &str) -> Vec<StepAst> {
         let Kind::Seq(items) = &node.kind else {
             if !node.is_null() {
                 self.err(
@@ -574,12 +618,17 @@ impl Reader<'_> {
                     shell: None,
                     env: IndexMap::new(),
                     timeout: None,
+                    origin: None,
                 });
                 continue;
             }
             let Some(entries) = self.map(item, &step_what) else {
                 continue;
             };
+            if let Some(uses) = get(entries, "uses") {
+                out.extend(self.uses_step_item(entries, uses, item.span, &step_what));
+                continue;
+            }
             self.check_keys(entries, STEP_KEYS, &step_what);
             let Some((_, run)) = get(entries, "run") else {
                 self.err(
@@ -598,6 +647,7 @@ impl Reader<'_> {
                 shell: None,
                 env: IndexMap::new(),
                 timeout: None,
+                origin: None,
             };
             for (k, v) in entries {
                 match key_str(k) {
@@ -610,6 +660,7 @@ impl Reader<'_> {
                     _ => {}
                 }
             }
+            step.origin = self.normalised_origin(entries, &step_what);
             out.push(step);
         }
         out

@@ -8,7 +8,7 @@ use kruntimes_crds::{JobResult, RunStep};
 use minijinja::value::Value;
 use serde::Serialize;
 
-use super::ast::Text;
+use super::ast::{StepOrigin, Text};
 use super::diag::{Diagnostic, did_you_mean};
 use super::model::{DEFAULT_SHELL, NodeId, Plan};
 use super::shell::{make_safe, strip_markers};
@@ -114,6 +114,16 @@ struct Renderer<'p> {
 
 impl Renderer<'_> {
     fn context(&self, ctx: &RenderContext<'_>, env: &BTreeMap<String, String>) -> Value {
+        self.context_with(ctx, env, None)
+    }
+
+    /// The template context; `with` is set for the steps of a catalog entry.
+    fn context_with(
+        &self,
+        ctx: &RenderContext<'_>,
+        env: &BTreeMap<String, String>,
+        with: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Value {
         let job = &self.plan.jobs[self.plan.nodes[self.node].job];
         let mut status = BTreeMap::new();
         let direct: Vec<&NeedState> = job
@@ -145,24 +155,56 @@ impl Renderer<'_> {
             .iter()
             .map(|(k, v)| (k.as_str(), v))
             .collect();
-        Value::from(minijinja::value::Serde(serde_json::json!({
+        let mut value = serde_json::json!({
             "params": ctx.params,
             "matrix": cell,
             "needs": needs,
             "workflow": {"name": self.plan.name, "id": ctx.workflow_id},
             "env": env,
             STATUS_KEY: status,
-        })))
+        });
+        if let Some(with) = with {
+            value["with"] = serde_json::Value::Object(with.clone());
+        }
+        Value::from(minijinja::value::Serde(value))
     }
 
     fn error(&self, text: &Text, what: &str, e: &minijinja::Error) -> Diagnostic {
         let span = e.range().map_or(text.span, |r| {
-            template::span_in_text(&self.plan.source, text, r)
+            template::span_in_text(text.source(&self.plan.source), text, r)
         });
         let detail = e
             .detail()
             .map_or_else(|| e.kind().to_string(), str::to_string);
         Diagnostic::error(format!("cannot render {what}: {detail}"), Some(span))
+            .in_file(text.file.clone())
+    }
+
+    /// The values of a catalog step's `with:`: templates rendered in the
+    /// job's context, `true`/`false` text made booleans (a `-p` value or a
+    /// rendered template is always text, and `{% if with.flag %}` must see
+    /// `false` as false).
+    fn with_values(
+        &self,
+        origin: &StepOrigin,
+        ctx: &RenderContext<'_>,
+        env: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Diagnostic> {
+        let value_ctx = self.context(ctx, env);
+        let mut out = serde_json::Map::new();
+        for (k, arg) in &origin.with {
+            let value = match &arg.template {
+                Some(t) => serde_json::Value::String(strip_markers(&self.render(
+                    t,
+                    &format!("`with.{k}` of {what}"),
+                    &value_ctx,
+                )?)),
+                None => arg.value.clone(),
+            };
+            out.insert(k.clone(), with_value(value));
+        }
+        Ok(out)
     }
 
     fn render(&self, text: &Text, what: &str, ctx: &Value) -> Result<String, Diagnostic> {
@@ -179,14 +221,25 @@ impl Renderer<'_> {
         vars: &indexmap::IndexMap<String, super::ast::EnvVarAst>,
         what: &str,
         ctx: &RenderContext<'_>,
+        with: Option<&serde_json::Map<String, serde_json::Value>>,
         env: &mut BTreeMap<String, String>,
     ) -> Result<(), Diagnostic> {
-        let value_ctx = self.context(ctx, env);
+        let value_ctx = self.context_with(ctx, env, with);
         for (k, v) in vars {
             let rendered = self.render(&v.value, &format!("env `{k}` of {what}"), &value_ctx)?;
             env.insert(k.clone(), strip_markers(&rendered));
         }
         Ok(())
+    }
+}
+
+/// A `with:` value as entry templates see it: `"true"`/`"false"` are
+/// booleans, anything else is unchanged.
+pub fn with_value(v: serde_json::Value) -> serde_json::Value {
+    match v.as_str() {
+        Some("true") => true.into(),
+        Some("false") => false.into(),
+        _ => v,
     }
 }
 
@@ -205,15 +258,19 @@ pub fn render_job(
         .expect("node of a known job");
     let what = format!("job `{key}`");
     let mut env = BTreeMap::new();
-    r.render_env(&plan.ast.env, "the workflow", ctx, &mut env)?;
-    r.render_env(&job.env, &what, ctx, &mut env)?;
+    r.render_env(&plan.ast.env, "the workflow", ctx, None, &mut env)?;
+    r.render_env(&job.env, &what, ctx, None, &mut env)?;
     let mut steps = Vec::with_capacity(job.steps.len());
     let mut display = Vec::with_capacity(job.steps.len());
     for (i, step) in job.steps.iter().enumerate() {
         let step_what = format!("step {} of {what}", i + 1);
+        let with = match &step.origin {
+            Some(o) => Some(r.with_values(o, ctx, &env, &what)?),
+            None => None,
+        };
         let mut step_env = env.clone();
-        r.render_env(&step.env, &step_what, ctx, &mut step_env)?;
-        let value_ctx = r.context(ctx, &step_env);
+        r.render_env(&step.env, &step_what, ctx, with.as_ref(), &mut step_env)?;
+        let value_ctx = r.context_with(ctx, &step_env, with.as_ref());
         let rendered = r.render(&step.run, &step_what, &value_ctx)?;
         let shell = step
             .shell
@@ -232,6 +289,7 @@ pub fn render_job(
                     Some(step.run.span),
                 )
                 .with_hint("use `| raw` to splice a value as shell code on purpose")
+                .in_file(step.run.file.clone())
             })?;
             own_env.extend(safe.vars);
             (safe.script, safe.display)
@@ -253,6 +311,7 @@ pub fn render_job(
             shell: (shell != DEFAULT_SHELL).then(|| shell.to_string()),
             env: own_env,
             timeout: step.timeout.as_ref().map(|t| t.value.clone()),
+            from: step.origin.as_ref().map(|o| o.from.clone()),
         });
         display.push(shown);
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use indexmap::IndexMap;
 
-use super::ast::{EnvVarAst, JobAst, Text, WorkflowAst};
+use super::ast::{EnvVarAst, JobAst, Text, WithArg, WorkflowAst};
 use super::dag;
 use super::diag::{Diagnostic, Source, Span, did_you_mean};
 use super::model::{MAX_JOB_NAME, MAX_MATRIX_CELLS, MAX_RETRIES};
@@ -304,38 +304,69 @@ impl<'a> Validator<'a> {
         }
         for (s, step) in job.steps.iter().enumerate() {
             let step_what = format!("step {} of {what}", s + 1);
-            if let Some(t) = &step.timeout {
+            let with = step.origin.as_ref().map(|o| &o.with);
+            // A catalog entry's own timeouts, shells and env names were
+            // checked when the entry was read, with spans in its file.
+            let from_entry = step.run.file.is_some();
+            if let Some(t) = step.timeout.as_ref().filter(|_| !from_entry) {
                 self.duration(&t.value, t.span, &format!("`timeout` of {step_what}"));
             }
-            if let Some(sh) = &step.shell {
+            if let Some(sh) = step.shell.as_ref().filter(|_| !from_entry) {
                 self.shell(&sh.value, sh.span);
             }
-            self.env_names(&step.env, &step_what);
+            if let Some(o) = &step.origin {
+                // Values given to a `uses:` step are rendered in the job's
+                // context. The message leaves the step number out: every step
+                // of the entry shares them, and one report is enough.
+                for (k, arg) in &o.with {
+                    if let Some(t) = &arg.template {
+                        self.template(t, &format!("`with.{k}` of {what}"), Some(i), &env_keys);
+                    }
+                }
+            }
+            self.env_names(
+                &step
+                    .env
+                    .iter()
+                    .filter(|(_, v)| v.value.file.is_none())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                &step_what,
+            );
             let mut step_env = env_keys.clone();
             step_env.extend(step.env.keys().map(String::as_str));
             for var in step.env.values() {
-                self.template(
+                self.template_with(
                     &var.value,
                     &format!("env value of {step_what}"),
                     Some(i),
                     &step_env,
+                    with,
                 );
             }
             if let Some(name) = &step.name {
-                self.template(name, &format!("`name` of {step_what}"), Some(i), &step_env);
+                self.template_with(
+                    name,
+                    &format!("`name` of {step_what}"),
+                    Some(i),
+                    &step_env,
+                    with,
+                );
             }
             if let Some(at) = step.run.value.find("${{") {
-                let span = template::span_in_text(self.source, &step.run, at..at + 3);
+                let span =
+                    template::span_in_text(step.run.source(self.source), &step.run, at..at + 3);
                 self.err(
                     Diagnostic::error(
                         format!("GitHub Actions syntax `${{{{ ... }}}}` in {step_what}"),
                         Some(span),
                     )
                     .with_label("the `$` would stay in the script")
-                    .with_hint("kruntimes templates are `{{ ... }}` without `$`"),
+                    .with_hint("kruntimes templates are `{{ ... }}` without `$`")
+                    .in_file(step.run.file.clone()),
                 );
             }
-            self.template(&step.run, &step_what, Some(i), &step_env);
+            self.template_with(&step.run, &step_what, Some(i), &step_env, with);
         }
         if let Some(cond) = &job.if_ {
             self.condition(i, key, cond, &env_keys);
@@ -364,7 +395,7 @@ impl<'a> Validator<'a> {
             return;
         }
         match template::check_expression(&cond.value) {
-            Ok(vars) => self.check_vars(&vars, cond, &what, Some(i), env_keys),
+            Ok(vars) => self.check_vars(&vars, cond, &what, Some(i), env_keys, None),
             Err(e) => {
                 let span = e
                     .range
@@ -383,18 +414,32 @@ impl<'a> Validator<'a> {
     }
 
     fn template(&mut self, text: &Text, what: &str, job: Option<usize>, env_keys: &[&str]) {
+        self.template_with(text, what, job, env_keys, None);
+    }
+
+    /// Checks a template; `with` holds the parameters of the catalog entry
+    /// the text belongs to, readable as `with.<name>`.
+    fn template_with(
+        &mut self,
+        text: &Text,
+        what: &str,
+        job: Option<usize>,
+        env_keys: &[&str],
+        with: Option<&IndexMap<String, WithArg>>,
+    ) {
         match template::check_template(&text.value) {
-            Ok(vars) => self.check_vars(&vars, text, what, job, env_keys),
+            Ok(vars) => self.check_vars(&vars, text, what, job, env_keys, with),
             Err(e) => {
-                let span = e
-                    .range
-                    .map_or(text.span, |r| template::span_in_text(self.source, text, r));
+                let span = e.range.map_or(text.span, |r| {
+                    template::span_in_text(text.source(self.source), text, r)
+                });
                 self.err(
                     Diagnostic::error(
                         format!("invalid template in {what}: {}", e.message),
                         Some(span),
                     )
-                    .with_label("here"),
+                    .with_label("here")
+                    .in_file(text.file.clone()),
                 );
             }
         }
@@ -409,6 +454,7 @@ impl<'a> Validator<'a> {
         what: &str,
         job: Option<usize>,
         env_keys: &[&str],
+        with: Option<&IndexMap<String, WithArg>>,
     ) {
         let wf = self.wf;
         for var in vars {
@@ -418,8 +464,16 @@ impl<'a> Validator<'a> {
             {
                 continue;
             }
-            let span = template::span_of_mention(self.source, text, var);
+            let span = template::span_of_mention(text.source(self.source), text, var);
             let d = match (root, parts.get(1).copied()) {
+                ("with", field) if with.is_some() => {
+                    let with = with.expect("checked");
+                    field.filter(|f| !with.contains_key(*f)).map(|f| {
+                        Diagnostic::error(format!("unknown parameter `with.{f}` in {what}"), Some(span))
+                            .with_label("not a parameter of this entry")
+                            .with_opt_hint(did_you_mean(f, with.keys().map(String::as_str)))
+                    })
+                }
                 (r, _) if !ROOTS.contains(&r) => Some(
                     Diagnostic::error(format!("unknown variable `{r}` in {what}"), Some(span))
                         .with_label("not defined")
@@ -468,7 +522,7 @@ impl<'a> Validator<'a> {
                 _ => None,
             };
             if let Some(d) = d {
-                self.err(d);
+                self.err(d.in_file(text.file.clone()));
             }
         }
     }

@@ -248,6 +248,56 @@ impl Store {
         Self::open_dir(Path::new(url), &options)
     }
 
+    /// Like [`Store::open`], with extra settings for the backend (such as
+    /// `AWS_ENDPOINT` or `AWS_REGION` from a cluster's configuration) used
+    /// where this process's environment does not set them. Settings that do
+    /// not apply to the URL's scheme are ignored.
+    pub fn open_with(
+        url: &str,
+        settings: &[(String, String)],
+        options: StoreOptions,
+    ) -> Result<Store, CasError> {
+        let url = url.trim();
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Self::open(url, options);
+        };
+        let (bucket, prefix) = split_bucket(rest).ok_or_else(|| CasError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "expected `s3://bucket[/prefix]`".into(),
+        })?;
+        let mut builder = object_store::aws::AmazonS3Builder::from_env();
+        for (k, v) in settings {
+            if std::env::var_os(k).is_some() {
+                continue;
+            }
+            let lower = k.to_ascii_lowercase();
+            let key = lower
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .or_else(|_| {
+                    lower
+                        .trim_start_matches("aws_")
+                        .parse::<object_store::aws::AmazonS3ConfigKey>()
+                });
+            if let Ok(key) = key {
+                builder = builder.with_config(key, v);
+            }
+        }
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|source| CasError::Store {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Self::build(
+            bucket_url("s3", bucket, prefix),
+            Arc::new(s3),
+            prefix,
+            None,
+            &options,
+        ))
+    }
+
     /// Opens an S3 store with explicit settings instead of the environment.
     #[allow(clippy::too_many_arguments)]
     pub fn open_s3(

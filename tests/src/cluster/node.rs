@@ -23,8 +23,8 @@
 //! binary), every other image's root is the host `/` (see `container.rs`).
 //!
 //! Not emulated: network and PID namespaces (a container sees the host;
-//! pods are told apart by their 127.0.0.N address), resource limits,
-//! `readinessGates`, updates of Secret/ConfigMap volumes after start,
+//! pods are told apart by their own loopback address, 127.B.x.y), resource
+//! limits, `readinessGates`, updates of Secret/ConfigMap volumes after start,
 //! back-off reset after a long run, HTTPS and gRPC probes, and container
 //! paths inside scripts (only values and arguments that start with a mount
 //! path are translated). Unsupported volume types, `subPathExpr` and
@@ -237,11 +237,16 @@ pub(crate) async fn run(node: Arc<Node>) {
     }
 }
 
-/// Pod IPs 127.0.0.10 upwards, never reused within the process.
+/// Pod IPs 127.B.0.10 upwards, never reused within the process. B (1 to
+/// 254) comes from the process id: test processes that run at the same
+/// time (a developer's e2e and faults runs) would otherwise hand out the
+/// same addresses, and a runtime could not bind its port.
 fn next_ip() -> Ipv4Addr {
     static NEXT: AtomicU32 = AtomicU32::new(10);
+    let block = 1 + std::process::id() % 254;
     loop {
-        let ip = Ipv4Addr::from(0x7f00_0000 | NEXT.fetch_add(1, Ordering::Relaxed));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff;
+        let ip = Ipv4Addr::from(0x7f00_0000 | (block << 16) | n);
         if !matches!(ip.octets()[3], 0 | 255) {
             return ip;
         }

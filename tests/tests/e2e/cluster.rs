@@ -295,6 +295,8 @@ async fn a_pool_becomes_ready_and_twenty_runs_pass_outputs_and_artifacts() {
         "{}",
         m.body
     );
+    // It elected itself leader (the Lease in kruntimes-system).
+    assert!(m.body.contains("krt_controller_leader 1"), "{}", m.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,6 +638,32 @@ async fn the_deploy_example_applies_to_a_cluster() {
             answer == "yes",
             allowed,
             "{verb} {resource}: {answer} {}",
+            stderr(&out)
+        );
+    }
+    // Leader election: its Lease in its own namespace, nowhere else.
+    for (verb, ns, allowed) in [
+        ("get", "kruntimes-system", true),
+        ("create", "kruntimes-system", true),
+        ("update", "kruntimes-system", true),
+        ("delete", "kruntimes-system", false),
+        ("update", "ci", false),
+    ] {
+        let out = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "leases.coordination.k8s.io",
+            "--as",
+            sa,
+            "-n",
+            ns,
+        ]);
+        let answer = stdout(&out).trim().to_string();
+        assert_eq!(
+            answer == "yes",
+            allowed,
+            "{verb} leases in {ns}: {answer} {}",
             stderr(&out)
         );
     }

@@ -1,6 +1,8 @@
+mod catalog;
 mod cli;
 mod cluster;
 mod cluster_harness;
+mod cluster_workflow;
 mod crds;
 mod run;
 mod runtime;
