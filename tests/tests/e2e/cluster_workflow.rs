@@ -551,3 +551,40 @@ jobs:
         show(&replay)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_workflow_with_a_ttl_is_deleted_with_its_runs() {
+    let (client, ns) = setup("wf-ttl", 1, 2).await;
+    let src = TempDir::new("wf-ttl-src");
+    std::fs::write(
+        src.path().join("ci.yaml"),
+        "jobs:\n  one:\n    run: echo one\n  two:\n    needs: [one]\n    run: echo two\n",
+    )
+    .unwrap();
+    let sub = krt_cluster(
+        src.path(),
+        &[
+            "submit",
+            "ci.yaml",
+            "-n",
+            &ns,
+            "--ttl",
+            "1",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
+    assert_eq!(sub.status.code(), Some(0), "{}", show(&sub));
+    let name = stdout(&sub).lines().next().unwrap().trim().to_string();
+    let wfs: Api<Workflow> = Api::namespaced(client.clone(), &ns);
+    wait_for("the Workflow to be deleted after its TTL", || async {
+        wfs.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // The garbage collector follows the owner references.
+    wait_for("its Runs to be deleted", || async {
+        runs_of(&client, &ns, &name).await.is_empty().then_some(())
+    })
+    .await;
+}

@@ -9,6 +9,7 @@
 
 mod adoption;
 mod leader;
+mod workflow;
 
 use std::future::Future;
 use std::path::Path;
