@@ -67,6 +67,9 @@ pub enum Error {
     /// The scheduler was fed something inconsistent: a bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A failure already shown in the status (retried with backoff).
+    #[error("{0}")]
+    Reported(String),
 }
 
 /// A Workflow's plan, or the diagnostics that make it invalid.
@@ -84,6 +87,8 @@ struct Ctx {
     created: Mutex<HashSet<(String, String)>>,
     /// Cache keys whose record this process already wrote.
     saved: Mutex<HashSet<String>>,
+    /// Workflows (by uid) with a step-cache record still to write.
+    unsaved: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles by Workflow uid (for the backoff).
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -116,6 +121,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         plans: Mutex::default(),
         created: Mutex::default(),
         saved: Mutex::default(),
+        unsaved: Mutex::default(),
         failures: Mutex::default(),
     });
     let stop = shutdown.clone();
@@ -161,6 +167,7 @@ async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             lock(&ctx.failures).remove(&wf.uid().unwrap_or_default());
             Ok(a)
         }
+        Err(e @ Error::Reported(_)) => Err(e),
         Err(e) => {
             // Say so in the status (best effort), keeping everything else.
             let mut status = wf.status.clone().unwrap_or_default();
@@ -189,7 +196,10 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     let ns = wf.namespace().unwrap_or_default();
     let name = wf.name_any();
     let old = wf.status.clone().unwrap_or_default();
-    if final_phase(old.phase) {
+    let uid = wf.uid().unwrap_or_default();
+    // A finished Workflow is replayed again only while a step-cache record
+    // of one of its Runs could not be written.
+    if final_phase(old.phase) && !lock(&ctx.unsaved).contains(&uid) {
         return finished(wf, ctx, &old).await;
     }
     let plan = match plan_of(wf, ctx) {
@@ -235,7 +245,6 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     };
 
     // What the cluster knows: this Workflow's Runs, by node name.
-    let uid = wf.uid().unwrap_or_default();
     let mut runs: HashMap<String, Arc<Run>> = HashMap::new();
     for run in ctx.runs.state() {
         if run.namespace().as_deref() != Some(ns.as_str()) {
@@ -572,15 +581,17 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     // Step-cache records of Runs that succeeded.
-    for (node, job) in plan.nodes.iter().zip(&jobs) {
+    let mut unsaved = false;
+    for node in &plan.nodes {
         if !plan.jobs[node.job].cache {
             continue;
         }
         let Some(run) = runs.get(&node.name) else {
             continue;
         };
-        save_cache_record(ctx, &name, run).await;
-        let _ = job;
+        if !save_cache_record(ctx, &name, run).await {
+            unsaved = true;
+        }
     }
 
     // Final results and the status.
@@ -608,7 +619,17 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
             job.finish_time = None;
         }
     }
-    let status = build_status(wf, plan, &old, jobs, result);
+    let mut status = build_status(wf, plan, &old, jobs, result);
+    if unsaved {
+        set_condition(
+            &mut status.conditions,
+            "Synced",
+            false,
+            "StoreError",
+            "a step-cache record could not be written; retrying with backoff",
+            wf.metadata.generation,
+        );
+    }
     for (t, reason, note) in events {
         publish(ctx, wf, t, reason, note).await;
     }
@@ -631,8 +652,17 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     if Some(&status) != wf.status.as_ref() {
         write_status(&ctx.client, wf, &status).await?;
     }
+    if unsaved {
+        // The status is written; retry the record with backoff.
+        lock(&ctx.unsaved).insert(uid);
+        return Err(Error::Reported(
+            "a step-cache record could not be written".into(),
+        ));
+    }
+    lock(&ctx.unsaved).remove(&uid);
     if result.is_some() {
         lock(&ctx.created).retain(|(n, r)| !(n == &ns && r.starts_with(&format!("{name}-"))));
+        lock(&ctx.plans).remove(&uid);
         return Ok(match ttl_left(wf, &status) {
             Some(left) => Action::requeue(left),
             None => Action::await_change(),
@@ -1178,10 +1208,12 @@ async fn create_run(ctx: &Ctx, ns: &str, run: &Run) -> Result<(), Error> {
 }
 
 /// Writes the step-cache record of a Run that succeeded (once per key).
-async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) {
-    let Some(status) = &run.status else { return };
+async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) -> bool {
+    let Some(status) = &run.status else {
+        return true;
+    };
     if status.phase != Some(RunPhase::Succeeded) || status.cached {
-        return;
+        return true;
     }
     let (Some(key), Some(action)) = (
         run.spec
@@ -1192,10 +1224,10 @@ async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) {
             .get(ACTION_ANNOTATION)
             .and_then(|a| a.parse::<Digest>().ok()),
     ) else {
-        return;
+        return true;
     };
     if lock(&ctx.saved).contains(&key.to_string()) {
-        return;
+        return true;
     }
     let duration_ms = match (&status.start_time, &status.completion_time) {
         (Some(s), Some(e)) => (e.0.as_millisecond() - s.0.as_millisecond()).max(0) as u64,
@@ -1213,10 +1245,16 @@ async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) {
     };
     match cache::save(&ctx.store, &rec).await {
         Ok(()) => {
-            lock(&ctx.saved).insert(key.to_string());
+            let mut saved = lock(&ctx.saved);
+            if saved.len() > 100_000 {
+                saved.clear();
+            }
+            saved.insert(key.to_string());
+            true
         }
         Err(e) => {
-            tracing::warn!(run = %run.name_any(), error = %e, "writing the step-cache record failed; the next reconcile retries")
+            tracing::warn!(run = %run.name_any(), error = %e, "writing the step-cache record failed; retrying with backoff");
+            false
         }
     }
 }

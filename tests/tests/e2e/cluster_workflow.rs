@@ -320,6 +320,18 @@ jobs:
     for n in [&name, &name2, &name3] {
         assert!(stdout(&got).contains(n.as_str()), "{}", show(&got));
     }
+    let got = krt_cluster(src.path(), &["get", "runs", "-w", &name, "-n", &ns]);
+    assert_eq!(got.status.code(), Some(0), "{}", show(&got));
+    for run in [format!("{name}-make"), format!("{name}-check")] {
+        assert!(stdout(&got).contains(&run), "{}", show(&got));
+    }
+    assert!(!stdout(&got).contains(&name3), "only the Runs of {name}");
+    let got = krt_cluster(src.path(), &["get", "pools", "-n", &ns]);
+    assert!(
+        stdout(&got).contains("default") && stdout(&got).contains("other"),
+        "{}",
+        show(&got)
+    );
     let k = cluster.kubectl(&["get", "wf", "-n", &ns, &name]);
     let text = String::from_utf8_lossy(&k.stdout);
     assert!(
