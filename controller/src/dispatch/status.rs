@@ -44,16 +44,17 @@ impl StatusWriter {
                 // A Run that is not over yet may be about to move on: wait
                 // briefly so Scheduled -> Running -> done of a short Run
                 // costs one write, not three. Final states go out at once.
-                if !final_phase(&status) {
-                    let _ = tokio::time::timeout(COALESCE, rx.changed()).await;
-                    if let Some(newer) = rx.borrow_and_update().clone() {
-                        status = newer;
-                    }
-                    if !final_phase(&status) {
-                        tokio::time::sleep(COALESCE).await;
-                        if let Some(newer) = rx.borrow_and_update().clone() {
-                            status = newer;
+                // The wait ends as soon as a final state arrives.
+                let deadline = tokio::time::Instant::now() + 2 * COALESCE;
+                while !final_phase(&status) {
+                    match tokio::time::timeout_at(deadline, rx.changed()).await {
+                        Ok(Ok(())) => {
+                            if let Some(newer) = rx.borrow_and_update().clone() {
+                                status = newer;
+                            }
                         }
+                        // Time is up, or the sender is gone: write what we have.
+                        Ok(Err(_)) | Err(_) => break,
                     }
                 }
                 let patch = serde_json::json!({

@@ -67,6 +67,9 @@ pub enum Error {
     /// The scheduler was fed something inconsistent: a bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A Run of the same name belongs to someone else.
+    #[error("{0}")]
+    Conflict(String),
     /// A failure already shown in the status (retried with backoff).
     #[error("{0}")]
     Reported(String),
@@ -1201,8 +1204,24 @@ async fn create_run(ctx: &Ctx, ns: &str, run: &Run) -> Result<(), Error> {
     match api.create(&PostParams::default(), run).await {
         Ok(_) => Ok(()),
         // Created before (by this or an earlier controller): deterministic
-        // names make the create idempotent.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        // names make the create idempotent. A Run of that name owned by
+        // another Workflow (one deleted and created again under the same
+        // name, whose Runs the garbage collector has not removed yet) is
+        // waited out.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api.get_opt(&run.name_any()).await?;
+            let want = run.owner_references().first().map(|o| o.uid.clone());
+            let owner = existing
+                .as_ref()
+                .and_then(|r| r.owner_references().first().map(|o| o.uid.clone()));
+            match existing {
+                Some(_) if owner == want => Ok(()),
+                _ => Err(Error::Conflict(format!(
+                    "Run {ns}/{} exists but belongs to another Workflow (deleted and created again?); waiting for it to be removed",
+                    run.name_any()
+                ))),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
