@@ -41,7 +41,7 @@
 //! Every round asserts that all 50 jobs ran (no cache hit, no cached Run).
 //! Without `--bench` (as under `cargo test --benches`) there is one round.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
@@ -49,15 +49,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kruntimes_crds::{Run, RunPhase, RuntimePool, Workflow, WorkflowPhase};
-use kruntimes_tests::cluster::{Cluster, KRT_IMAGE};
-use kruntimes_tests::{TempDir, http, krt_bin};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kruntimes_tests::cluster::{Cluster, create_pool, is_credential};
+use kruntimes_tests::{TempDir, http, krt_bin, tail};
+use kube::api::ListParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 
 const CHAINS: usize = 8;
 const DEPTH: usize = 5;
@@ -137,31 +136,6 @@ fn fmt_all(v: &[f64]) -> String {
         .join(" / ")
 }
 
-/// The `kruntimes-store` ConfigMap `krt submit` reads the store URL from
-/// (as tests/tests/e2e/cluster_workflow.rs does).
-async fn ensure_store_config(client: &Client) {
-    let cluster = Cluster::shared();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kruntimes-system");
-    let mut data = BTreeMap::from([("KRT_STORE".to_string(), cluster.store_url().to_string())]);
-    for (k, v) in cluster.store_env() {
-        if !k.contains("SECRET") && !k.contains("ACCESS_KEY") {
-            data.insert(k.to_string(), v);
-        }
-    }
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some("kruntimes-store".into()),
-            ..Default::default()
-        },
-        data: Some(data),
-        ..Default::default()
-    };
-    let pp = PatchParams::apply("kruntimes-tests").force();
-    api.patch("kruntimes-store", &pp, &Patch::Apply(&cm))
-        .await
-        .expect("the store ConfigMap applies");
-}
-
 /// `krt` in `dir` without any KRT_* or store settings from this
 /// environment; `cluster` adds KUBECONFIG and the store credentials.
 fn krt_command(dir: &Path, args: &[&str], cluster: bool) -> tokio::process::Command {
@@ -184,7 +158,7 @@ fn krt_command(dir: &Path, args: &[&str], cluster: bool) -> tokio::process::Comm
         cmd.env_remove("KUBECONFIG");
     }
     for (k, v) in c.store_env() {
-        if cluster && (k.contains("SECRET") || k.contains("ACCESS_KEY")) {
+        if cluster && is_credential(k) {
             cmd.env(k, v);
         } else {
             cmd.env_remove(k);
@@ -210,11 +184,6 @@ async fn timed(mut cmd: tokio::process::Command, what: &str) -> (serde_json::Val
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: JSON report: {e}"));
     (report, ms)
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Asserts that every job of a `--output json` report ran and succeeded.
@@ -408,17 +377,11 @@ async fn breakdown(
 /// A namespace with a ready RuntimePool `default` of 2 pods x 8 slots,
 /// and the store ConfigMap in place.
 async fn setup(client: &Client) -> String {
-    ensure_store_config(client).await;
-    let ns = Cluster::shared().namespace("wfbench").await;
+    let cluster = Cluster::shared();
+    cluster.apply_store_config(client).await;
+    let ns = cluster.namespace("wfbench").await;
+    create_pool(client, &ns, "default", 2, 8).await;
     let pools: Api<RuntimePool> = Api::namespaced(client.clone(), &ns);
-    let pool: RuntimePool = serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "RuntimePool",
-        "metadata": {"name": "default", "namespace": ns},
-        "spec": {"image": "debian:bookworm", "replicas": 2, "slots": 8, "krtImage": KRT_IMAGE},
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &pool).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let p = pools.get("default").await.unwrap();

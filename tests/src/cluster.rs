@@ -1131,3 +1131,59 @@ fn which(name: &str) -> anyhow::Result<PathBuf> {
         .find(|p| p.is_file())
         .with_context(|| format!("{name} is not on PATH (tests/cluster/build.sh installs it)"))
 }
+
+/// Creates the RuntimePool `ns/name` of `debian:bookworm` (the host's root
+/// on the test node) with `replicas` pods of `slots` slots.
+pub async fn create_pool(client: &Client, ns: &str, name: &str, replicas: i32, slots: u32) {
+    let pools: Api<kruntimes_crds::RuntimePool> = Api::namespaced(client.clone(), ns);
+    let pool: kruntimes_crds::RuntimePool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kruntimes.io/v1alpha1",
+        "kind": "RuntimePool",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"image": "debian:bookworm", "replicas": replicas, "slots": slots, "krtImage": KRT_IMAGE},
+    }))
+    .expect("a RuntimePool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap_or_else(|e| panic!("create RuntimePool {ns}/{name}: {e}"));
+}
+
+impl Cluster {
+    /// Applies the `kruntimes-store` ConfigMap in `kruntimes-system`, which
+    /// `krt submit` reads the store from: the URL and the non-secret
+    /// settings. The credentials stay out of it, as in a real install;
+    /// callers pass them in the environment of `krt`.
+    pub async fn apply_store_config(&self, client: &Client) {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::api::{Patch, PatchParams};
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kruntimes-system");
+        let mut data = std::collections::BTreeMap::from([(
+            "KRT_STORE".to_string(),
+            self.store_url().to_string(),
+        )]);
+        for (k, v) in self.store_env() {
+            if !is_credential(k) {
+                data.insert(k.to_string(), v);
+            }
+        }
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("kruntimes-store".into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        };
+        let pp = PatchParams::apply("kruntimes-tests").force();
+        api.patch("kruntimes-store", &pp, &Patch::Apply(&cm))
+            .await
+            .expect("the store ConfigMap applies");
+    }
+}
+
+/// True for the store settings that are credentials (kept out of the
+/// ConfigMap, passed in `krt`'s environment).
+pub fn is_credential(name: &str) -> bool {
+    name.contains("SECRET") || name.contains("ACCESS_KEY")
+}

@@ -85,3 +85,13 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The last `n` lines of `s`, each cut to 400 characters (for failure
+/// messages that quote a log).
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<String> = s
+        .lines()
+        .map(|l| l.chars().take(400).collect::<String>())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

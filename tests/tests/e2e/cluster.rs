@@ -9,8 +9,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
-use kruntimes_tests::cluster::{Cluster, KRT_IMAGE};
-use kruntimes_tests::{http, stderr, stdout};
+use kruntimes_tests::cluster::{Cluster, create_pool};
+use kruntimes_tests::{http, stderr, stdout, tail};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -37,23 +37,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-async fn create_pool(client: &Client, ns: &str, name: &str, replicas: i32, slots: u32) {
-    let pools: Api<RuntimePool> = Api::namespaced(client.clone(), ns);
-    let pool: RuntimePool = serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "RuntimePool",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"image": "debian:bookworm", "replicas": replicas, "slots": slots, "krtImage": KRT_IMAGE},
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &pool).await.unwrap();
 }
 
 async fn wait_pool_ready(

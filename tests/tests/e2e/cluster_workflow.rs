@@ -9,13 +9,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use kruntimes_crds::{Run, RunPhase, RuntimePool, Workflow, WorkflowPhase};
-use kruntimes_tests::cluster::{Cluster, KRT_IMAGE};
-use kruntimes_tests::{TempDir, krt_bin, repo_root, stderr, stdout};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kruntimes_tests::cluster::{Cluster, create_pool, is_credential};
+use kruntimes_tests::{TempDir, krt_bin, repo_root, stderr, stdout, tail};
+use kube::api::ListParams;
 use kube::{Api, Client};
-use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -39,36 +37,16 @@ where
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<String> = s
-        .lines()
-        .map(|l| l.chars().take(400).collect::<String>())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// A namespace with a ready pool `default` (`replicas` pods of `slots`
 /// slots) and the cluster's store ConfigMap in place.
 async fn setup(prefix: &str, replicas: i32, slots: u32) -> (Client, String) {
     let cluster = Cluster::shared();
     let client = cluster.client();
-    ensure_store_config(&client).await;
+    cluster.apply_store_config(&client).await;
     let ns = cluster.namespace(prefix).await;
     create_pool(&client, &ns, "default", replicas, slots).await;
     wait_pool_ready(&client, &ns, "default", replicas).await;
     (client, ns)
-}
-
-async fn create_pool(client: &Client, ns: &str, name: &str, replicas: i32, slots: u32) {
-    let pools: Api<RuntimePool> = Api::namespaced(client.clone(), ns);
-    let pool: RuntimePool = serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "RuntimePool",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"image": "debian:bookworm", "replicas": replicas, "slots": slots, "krtImage": KRT_IMAGE},
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &pool).await.unwrap();
 }
 
 async fn wait_pool_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
@@ -79,32 +57,6 @@ async fn wait_pool_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
         (st.ready_replicas == replicas).then_some(())
     })
     .await;
-}
-
-/// The `kruntimes-store` ConfigMap `krt submit` reads the store from: the
-/// URL and the non-secret settings. Credentials come from the environment
-/// of each `krt` call ([`krt_cluster`]).
-async fn ensure_store_config(client: &Client) {
-    let cluster = Cluster::shared();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kruntimes-system");
-    let mut data = BTreeMap::from([("KRT_STORE".to_string(), cluster.store_url().to_string())]);
-    for (k, v) in cluster.store_env() {
-        if !k.contains("SECRET") && !k.contains("ACCESS_KEY") {
-            data.insert(k.to_string(), v);
-        }
-    }
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some("kruntimes-store".into()),
-            ..Default::default()
-        },
-        data: Some(data),
-        ..Default::default()
-    };
-    let pp = PatchParams::apply("kruntimes-tests").force();
-    api.patch("kruntimes-store", &pp, &Patch::Apply(&cm))
-        .await
-        .expect("the store ConfigMap applies");
 }
 
 /// Runs `krt` against the test cluster from `dir`: KUBECONFIG set, store
@@ -122,7 +74,7 @@ fn krt_cluster(dir: &Path, args: &[&str]) -> Output {
         .env_remove("KRT_NAMESPACE")
         .env_remove("KRT_CONTEXT");
     for (k, v) in cluster.store_env() {
-        if k.contains("SECRET") || k.contains("ACCESS_KEY") {
+        if is_credential(k) {
             cmd.env(k, v);
         } else {
             cmd.env_remove(k);

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
-use kruntimes_tests::cluster::{Cluster, ControllerProcess, KRT_IMAGE};
-use kube::api::PostParams;
+use kruntimes_tests::cluster::{Cluster, ControllerProcess, create_pool};
+use kruntimes_tests::tail;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -74,11 +74,6 @@ where
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Starts a controller for `ns` with `args`, panicking with the reason.
 fn spawn(cluster: &Cluster, ns: &str, args: &[&str]) -> ControllerProcess {
     cluster
@@ -112,18 +107,6 @@ async fn wait_leading(client: &Client, ns: &str, ctl: &ControllerProcess, deadli
         },
     )
     .await;
-}
-
-async fn create_pool(client: &Client, ns: &str, name: &str, replicas: i32, slots: u32) {
-    let pools: Api<RuntimePool> = Api::namespaced(client.clone(), ns);
-    let pool: RuntimePool = serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "RuntimePool",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"image": "debian:bookworm", "replicas": replicas, "slots": slots, "krtImage": KRT_IMAGE},
-    }))
-    .unwrap();
-    pools.create(&PostParams::default(), &pool).await.unwrap();
 }
 
 async fn wait_pool_ready(
