@@ -212,23 +212,8 @@ impl Store {
             }
             return Self::open_dir(Path::new(rest), &options);
         }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) =
-                split_bucket(rest).ok_or_else(|| invalid("expected `s3://bucket[/prefix]`"))?;
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|source| CasError::Store {
-                    url: url.to_owned(),
-                    source,
-                })?;
-            return Ok(Self::build(
-                bucket_url("s3", bucket, prefix),
-                Arc::new(s3),
-                prefix,
-                None,
-                &options,
-            ));
+        if url.starts_with("s3://") {
+            return Self::open_with(url, &[], options);
         }
         if let Some(rest) = url.strip_prefix("gs://") {
             let (bucket, prefix) =
