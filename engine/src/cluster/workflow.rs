@@ -90,6 +90,8 @@ struct Ctx {
     created: Mutex<HashSet<(String, String)>>,
     /// Cache keys whose record this process already wrote.
     saved: Mutex<HashSet<String>>,
+    /// Pool identities by (namespace, pool), with when they were read.
+    pool_ids: Mutex<HashMap<(String, String), (std::time::Instant, String)>>,
     /// Workflows (by uid) with a step-cache record still to write.
     unsaved: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles by Workflow uid (for the backoff).
@@ -125,6 +127,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         created: Mutex::default(),
         saved: Mutex::default(),
         unsaved: Mutex::default(),
+        pool_ids: Mutex::default(),
         failures: Mutex::default(),
     });
     let stop = shutdown.clone();
@@ -311,6 +314,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     // mistaken for a job that did not start.
     let mut deferred: HashSet<usize> = HashSet::new();
     let mut held: Vec<(usize, u32)> = Vec::new();
+    let mut to_create: Vec<(usize, Run, bytes::Bytes)> = Vec::new();
     let mut stage = 0;
     let mut actions: VecDeque<scheduler::Action> = sched.start().into();
     let result = loop {
@@ -478,14 +482,9 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                                         outcome: Outcome::Cached,
                                     });
                                 } else {
+                                    // Created after the replay, all at once.
                                     let bytes = bytes::Bytes::from(action.to_bytes());
-                                    let action_digest =
-                                        ctx.store.put_bytes(bytes).await.map_err(|e| {
-                                            Error::Store(format!(
-                                                "failed to store the action of {}: {e}",
-                                                plan.nodes[node].display
-                                            ))
-                                        })?;
+                                    let action_digest = Digest::of(&bytes);
                                     let run = build_run(
                                         wf,
                                         plan,
@@ -495,8 +494,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                                         key,
                                         action_digest,
                                     );
-                                    create_run(ctx, &ns, &run).await?;
-                                    lock(&ctx.created).insert((ns.clone(), rname.clone()));
+                                    to_create.push((node, run, bytes));
                                     jobs[node].phase = Some("Pending".into());
                                     jobs[node].run_names = vec![rname];
                                     jobs[node].action = Some(action_digest.to_string());
@@ -568,6 +566,27 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
             _ => break None,
         }
     };
+
+    // The new Runs, concurrently: each after its action is in the store,
+    // so a Run never names a missing action.
+    let created = futures::future::join_all(to_create.into_iter().map(|(node, run, bytes)| {
+        let ns = ns.clone();
+        async move {
+            ctx.store.put_bytes(bytes).await.map_err(|e| {
+                Error::Store(format!(
+                    "failed to store the action of {}: {e}",
+                    plan.nodes[node].display
+                ))
+            })?;
+            create_run(ctx, &ns, &run).await?;
+            lock(&ctx.created).insert((ns, run.name_any()));
+            Ok::<(), Error>(())
+        }
+    }))
+    .await;
+    if let Some(e) = created.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
 
     // Cancel what the scheduler stopped (spec.cancel, or fail-fast).
     let runs_api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1099,13 +1118,30 @@ fn report_from_status(plan: &Plan, node: usize, job: &JobStatus) -> NodeReport {
 /// The pool identity in the cache key: the pool's image (a different
 /// toolchain must not serve a cached result), or its name when the pool
 /// does not exist (its Runs wait for it).
+/// Remembered for [`POOL_IDENTITY_TTL`], so a reconcile that creates Runs
+/// does not read the pool every time.
 async fn pool_identity(ctx: &Ctx, ns: &str, pool: &str) -> Result<String, Error> {
-    let api: Api<RuntimePool> = Api::namespaced(ctx.client.clone(), ns);
-    match api.get_opt(pool).await? {
-        Some(p) => Ok(p.spec.image.clone()),
-        None => Ok(format!("pool:{pool}")),
+    let key = (ns.to_string(), pool.to_string());
+    if let Some((at, id)) = lock(&ctx.pool_ids).get(&key)
+        && at.elapsed() < POOL_IDENTITY_TTL
+    {
+        return Ok(id.clone());
     }
+    let api: Api<RuntimePool> = Api::namespaced(ctx.client.clone(), ns);
+    let id = match api.get_opt(pool).await? {
+        Some(p) => p.spec.image.clone(),
+        None => format!("pool:{pool}"),
+    };
+    let mut ids = lock(&ctx.pool_ids);
+    if ids.len() > 10_000 {
+        ids.clear();
+    }
+    ids.insert(key, (std::time::Instant::now(), id.clone()));
+    Ok(id)
 }
+
+/// How long a pool's identity (its image) is reused without reading it.
+const POOL_IDENTITY_TTL: Duration = Duration::from_secs(10);
 
 /// `prepare` for a Workflow without a source snapshot: an empty tree.
 #[allow(clippy::too_many_arguments)]
