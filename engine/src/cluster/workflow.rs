@@ -90,8 +90,6 @@ struct Ctx {
     created: Mutex<HashSet<(String, String)>>,
     /// Cache keys whose record this process already wrote.
     saved: Mutex<HashSet<String>>,
-    /// Status writers by Workflow uid (see [`StatusWriter`]).
-    writers: Mutex<HashMap<String, StatusWriter>>,
     /// Pool identities by (namespace, pool), with when they were read.
     pool_ids: Mutex<HashMap<(String, String), (std::time::Instant, String)>>,
     /// Workflows (by uid) with a step-cache record still to write.
@@ -130,7 +128,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         saved: Mutex::default(),
         unsaved: Mutex::default(),
         pool_ids: Mutex::default(),
-        writers: Mutex::default(),
         failures: Mutex::default(),
     });
     let stop = shutdown.clone();
@@ -169,7 +166,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if wf.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the Runs.
-        lock(&ctx.writers).remove(&wf.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     match reconcile_inner(&wf, &ctx).await {
@@ -180,7 +176,7 @@ async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         Err(e @ Error::Reported(_)) => Err(e),
         Err(e) => {
             // Say so in the status (best effort), keeping everything else.
-            let mut status = latest_status(&ctx, &wf);
+            let mut status = wf.status.clone().unwrap_or_default();
             set_condition(
                 &mut status.conditions,
                 "Synced",
@@ -189,7 +185,7 @@ async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 &format!("{e}; retrying with backoff"),
                 wf.metadata.generation,
             );
-            write_status(&ctx, &wf, &status);
+            let _ = write_status(&ctx.client, &wf, &status).await;
             Err(e)
         }
     }
@@ -205,16 +201,11 @@ fn final_phase(p: Option<WorkflowPhase>) -> bool {
 async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     let ns = wf.namespace().unwrap_or_default();
     let name = wf.name_any();
-    // What this controller last wrote is newer than the watch's copy.
-    let old = latest_status(ctx, wf);
+    let old = wf.status.clone().unwrap_or_default();
     let uid = wf.uid().unwrap_or_default();
     // A finished Workflow is replayed again only while a step-cache record
     // of one of its Runs could not be written.
     if final_phase(old.phase) && !lock(&ctx.unsaved).contains(&uid) {
-        // Its writer is done once the object shows the final status.
-        if final_phase(wf.status.as_ref().and_then(|s| s.phase)) {
-            lock(&ctx.writers).remove(&uid);
-        }
         return finished(wf, ctx, &old).await;
     }
     let plan = match plan_of(wf, ctx) {
@@ -680,7 +671,9 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
         )
         .await;
     }
-    write_status(ctx, wf, &status);
+    if Some(&status) != wf.status.as_ref() {
+        write_status(&ctx.client, wf, &status).await?;
+    }
     if unsaved {
         // The status is written; retry the record with backoff.
         lock(&ctx.unsaved).insert(uid);
@@ -817,7 +810,9 @@ async fn invalid(
         )
         .await;
     }
-    write_status(ctx, wf, &status);
+    if Some(&status) != wf.status.as_ref() {
+        write_status(&ctx.client, wf, &status).await?;
+    }
     Ok(Action::await_change())
 }
 
@@ -987,89 +982,25 @@ fn build_status(
     }
 }
 
-/// The newest status of a Workflow: the one last handed to its writer,
-/// else the one on the object.
-fn latest_status(ctx: &Ctx, wf: &Workflow) -> WorkflowStatus {
-    let uid = wf.uid().unwrap_or_default();
-    if let Some(w) = lock(&ctx.writers).get(&uid)
-        && let Some(st) = w.tx.borrow().as_ref()
+async fn write_status(
+    client: &Client,
+    wf: &Workflow,
+    status: &WorkflowStatus,
+) -> Result<(), Error> {
+    let api: Api<Workflow> = Api::namespaced(client.clone(), &wf.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "kruntimes.io/v1alpha1",
+        "kind": "Workflow",
+        "status": status,
+    });
+    let pp = PatchParams::apply(WORKFLOW_MANAGER).force();
+    match api
+        .patch_status(&wf.name_any(), &pp, &Patch::Apply(&patch))
+        .await
     {
-        return (**st).clone();
-    }
-    wf.status.clone().unwrap_or_default()
-}
-
-/// Hands a Workflow's status to its writer (started on first use); an
-/// unchanged status is not written again.
-fn write_status(ctx: &Ctx, wf: &Workflow, status: &WorkflowStatus) {
-    let uid = wf.uid().unwrap_or_default();
-    let mut writers = lock(&ctx.writers);
-    let writer = writers.entry(uid.clone()).or_insert_with(|| {
-        StatusWriter::start(
-            ctx.client.clone(),
-            wf.namespace().unwrap_or_default(),
-            wf.name_any(),
-            wf.status.clone(),
-        )
-    });
-    writer.tx.send_if_modified(|cur| {
-        if cur.as_deref() == Some(status) {
-            false
-        } else {
-            *cur = Some(Arc::new(status.clone()));
-            true
-        }
-    });
-}
-
-/// Writes one Workflow's status off the reconcile path, newest first: a
-/// reconcile hands over its status and goes on, so the next job's Run is
-/// not held up by a status write. Failed writes are retried with backoff
-/// until a newer status replaces them.
-struct StatusWriter {
-    tx: tokio::sync::watch::Sender<Option<Arc<WorkflowStatus>>>,
-}
-
-impl StatusWriter {
-    fn start(client: Client, ns: String, name: String, on_object: Option<WorkflowStatus>) -> Self {
-        let (tx, mut rx) =
-            tokio::sync::watch::channel::<Option<Arc<WorkflowStatus>>>(on_object.map(Arc::new));
-        rx.mark_unchanged();
-        tokio::spawn(async move {
-            let api: Api<Workflow> = Api::namespaced(client, &ns);
-            let pp = PatchParams::apply(WORKFLOW_MANAGER).force();
-            // The sender gone means everything it sent has been taken.
-            while rx.changed().await.is_ok() {
-                let Some(status) = rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                let patch = serde_json::json!({
-                    "apiVersion": "kruntimes.io/v1alpha1",
-                    "kind": "Workflow",
-                    "status": &*status,
-                });
-                let mut delay = Duration::from_millis(100);
-                loop {
-                    match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
-                        Ok(_) => break,
-                        Err(kube::Error::Api(e)) if e.code == 404 => return,
-                        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
-                            tracing::error!(workflow = %name, namespace = %ns, error = %e.message, "the API server rejected a Workflow status");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(workflow = %name, namespace = %ns, error = %e, retry_in = ?delay, "writing Workflow status failed");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                            if rx.has_changed().unwrap_or(false) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        StatusWriter { tx }
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
