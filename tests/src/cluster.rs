@@ -1149,6 +1149,34 @@ pub async fn create_pool(client: &Client, ns: &str, name: &str, replicas: i32, s
         .unwrap_or_else(|e| panic!("create RuntimePool {ns}/{name}: {e}"));
 }
 
+/// A standalone Run `ns/name` on `pool` with one step running `script`;
+/// `extra` adds or replaces fields of its spec (such as `retry`).
+pub fn run_obj(
+    ns: &str,
+    name: &str,
+    pool: &str,
+    script: &str,
+    extra: serde_json::Value,
+) -> kruntimes_crds::Run {
+    let mut spec = serde_json::json!({
+        "job": name,
+        "pool": pool,
+        "steps": [{"name": "main", "run": script}],
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kruntimes.io/v1alpha1",
+        "kind": "Run",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))
+    .expect("a Run")
+}
+
 impl Cluster {
     /// Applies the `kruntimes-store` ConfigMap in `kruntimes-system`, which
     /// `krt submit` reads the store from: the URL and the non-secret

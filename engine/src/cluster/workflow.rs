@@ -85,7 +85,7 @@ struct Ctx {
     recorder: Recorder,
     /// Plans by Workflow uid, with the generation they were made from.
     plans: Mutex<HashMap<String, (i64, Planned)>>,
-    /// Runs this process created, by (namespace, name): the Run watch may
+    /// Runs this process created, by (Workflow uid, node): the Run watch may
     /// not have delivered them yet.
     created: Mutex<HashSet<(String, String)>>,
     /// Cache keys whose record this process already wrote.
@@ -239,7 +239,8 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
             return invalid(wf, ctx, &old, &text).await;
         }
     };
-    let source: Option<Digest> = match &wf.spec.source {
+    // Without a snapshot, jobs start in an empty tree (stored on first use).
+    let mut source: Option<Digest> = match &wf.spec.source {
         Some(s) => match s.parse() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -357,7 +358,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                             }),
                             None => {}
                         }
-                    } else if lock(&ctx.created).contains(&(ns.clone(), rname.clone())) {
+                    } else if lock(&ctx.created).contains(&(uid.clone(), node_name.clone())) {
                         // Created by this process; the watch is behind.
                         jobs[node].phase = Some("Pending".into());
                         jobs[node].run_names = vec![rname];
@@ -397,30 +398,35 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                                 i
                             }
                         };
-                        let prepared = match source {
-                            Some(src) => {
-                                prepare(
-                                    plan,
-                                    &ctx.store,
-                                    &local,
-                                    &reports,
-                                    node,
-                                    &params,
-                                    &name,
-                                    src,
-                                    &mut narrowed,
-                                    1,
-                                    &identity,
-                                )
-                                .await
-                            }
+                        let src = match source {
+                            Some(d) => d,
                             None => {
-                                prepare_without_source(
-                                    plan, ctx, &local, &reports, node, &params, &name, &identity,
-                                )
-                                .await
+                                let empty = bytes::Bytes::from(
+                                    kruntimes_runtime::cas::Manifest::default().to_bytes(),
+                                );
+                                let d = ctx.store.put_bytes(empty).await.map_err(|e| {
+                                    Error::Store(format!(
+                                        "failed to store the empty source tree: {e}"
+                                    ))
+                                })?;
+                                source = Some(d);
+                                d
                             }
                         };
+                        let prepared = prepare(
+                            plan,
+                            &ctx.store,
+                            &local,
+                            &reports,
+                            node,
+                            &params,
+                            &name,
+                            src,
+                            &mut narrowed,
+                            1,
+                            &identity,
+                        )
+                        .await;
                         match prepared {
                             Err(message) => {
                                 if message.starts_with("failed to narrow") {
@@ -570,7 +576,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     // The new Runs, concurrently: each after its action is in the store,
     // so a Run never names a missing action.
     let created = futures::future::join_all(to_create.into_iter().map(|(node, run, bytes)| {
-        let ns = ns.clone();
+        let (ns, uid) = (ns.clone(), uid.clone());
         async move {
             ctx.store.put_bytes(bytes).await.map_err(|e| {
                 Error::Store(format!(
@@ -579,7 +585,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                 ))
             })?;
             create_run(ctx, &ns, &run).await?;
-            lock(&ctx.created).insert((ns, run.name_any()));
+            lock(&ctx.created).insert((uid, plan.nodes[node].name.clone()));
             Ok::<(), Error>(())
         }
     }))
@@ -683,7 +689,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     }
     lock(&ctx.unsaved).remove(&uid);
     if result.is_some() {
-        lock(&ctx.created).retain(|(n, r)| !(n == &ns && r.starts_with(&format!("{name}-"))));
+        lock(&ctx.created).retain(|(u, _)| u != &uid);
         lock(&ctx.plans).remove(&uid);
         return Ok(match ttl_left(wf, &status) {
             Some(left) => Action::requeue(left),
@@ -1142,42 +1148,6 @@ async fn pool_identity(ctx: &Ctx, ns: &str, pool: &str) -> Result<String, Error>
 
 /// How long a pool's identity (its image) is reused without reading it.
 const POOL_IDENTITY_TTL: Duration = Duration::from_secs(10);
-
-/// `prepare` for a Workflow without a source snapshot: an empty tree.
-#[allow(clippy::too_many_arguments)]
-async fn prepare_without_source(
-    plan: &Plan,
-    ctx: &Ctx,
-    local: &HashMap<usize, usize>,
-    reports: &[Option<NodeReport>],
-    node: usize,
-    params: &BTreeMap<String, serde_json::Value>,
-    name: &str,
-    identity: &str,
-) -> Result<(cache::Action, kruntimes_runtime::exec::RunRequest), String> {
-    let empty = ctx
-        .store
-        .put_bytes(bytes::Bytes::from(
-            kruntimes_runtime::cas::Manifest::default().to_bytes(),
-        ))
-        .await
-        .map_err(|e| format!("failed to narrow (store the empty source tree): {e}"))?;
-    let mut narrowed = HashMap::new();
-    prepare(
-        plan,
-        &ctx.store,
-        local,
-        reports,
-        node,
-        params,
-        name,
-        empty,
-        &mut narrowed,
-        1,
-        identity,
-    )
-    .await
-}
 
 fn build_run(
     wf: &Workflow,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
-use kruntimes_tests::cluster::{Cluster, create_pool};
+use kruntimes_tests::cluster::{Cluster, create_pool, run_obj};
 use kruntimes_tests::{http, stderr, stdout, tail};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -61,26 +61,6 @@ async fn wait_pool_ready(
         },
     )
     .await
-}
-
-fn run_obj(ns: &str, name: &str, pool: &str, script: &str, extra: serde_json::Value) -> Run {
-    let mut spec = json!({
-        "job": name,
-        "pool": pool,
-        "steps": [{"name": "main", "run": script}],
-    });
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "Run",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }))
-    .unwrap()
 }
 
 fn phase(r: &Run) -> Option<RunPhase> {

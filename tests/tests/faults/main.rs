@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
-use kruntimes_tests::cluster::{Cluster, ControllerProcess, create_pool};
+use kruntimes_tests::cluster::{Cluster, ControllerProcess, create_pool, run_obj};
 use kruntimes_tests::tail;
 use kube::{Api, Client};
-use serde_json::json;
 
 /// Deadline of any one wait.
 const WAIT: Duration = Duration::from_secs(60);
@@ -132,26 +131,6 @@ async fn wait_pool_ready(
         },
     )
     .await;
-}
-
-fn run_obj(ns: &str, name: &str, pool: &str, script: &str, extra: serde_json::Value) -> Run {
-    let mut spec = json!({
-        "job": name,
-        "pool": pool,
-        "steps": [{"name": "main", "run": script}],
-    });
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "kruntimes.io/v1alpha1",
-        "kind": "Run",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }))
-    .unwrap()
 }
 
 fn phase(r: &Run) -> Option<RunPhase> {
