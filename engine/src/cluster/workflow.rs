@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ACTION_ANNOTATION, NODE_LABEL, WORKFLOW_LABEL, WORKFLOW_MANAGER, run_name};
 use crate::embedded::NodeReport;
 use crate::embedded::cache::{self, CacheRecord, Miss};
-use crate::embedded::driver::{need_states, prepare};
-use crate::plan::render::{RenderContext, resolve_params, should_run};
+use crate::embedded::driver::{decide, prepare, skip_reason};
+use crate::plan::render::resolve_params;
 use crate::plan::{Diagnostics, Plan};
 use crate::scheduler::{self, Input, NodeSpec, Outcome, Policy, Scheduler, WorkflowResult};
 
@@ -271,6 +271,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
 
     let n = plan.nodes.len();
     let local: HashMap<usize, usize> = (0..n).map(|i| (i, i)).collect();
+    let all_nodes: Vec<usize> = (0..n).collect();
     let specs: Vec<NodeSpec> = plan
         .nodes
         .iter()
@@ -327,17 +328,11 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                     Vec::new()
                 }
                 scheduler::Action::Decide { node, cancelled } => {
-                    let needs = need_states(plan, &local, &reports, node);
-                    let rctx = RenderContext {
-                        params: &params,
-                        needs: &needs,
-                        workflow_id: &name,
-                        cancelled,
-                    };
-                    let run = match should_run(plan, node, &rctx) {
+                    let run = match decide(plan, &local, &reports, &params, &name, node, cancelled)
+                    {
                         Ok(b) => b,
-                        Err(d) => {
-                            render_errors.insert(node, render_message(plan, &d));
+                        Err(message) => {
+                            render_errors.insert(node, message);
                             true
                         }
                     };
@@ -629,7 +624,7 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
             if job.result == Some(JobResult::Skipped) {
                 job.phase = Some("Skipped".into());
                 if job.message.is_none() {
-                    job.message = Some(skip_reason(plan, &sched, i));
+                    job.message = Some(skip_reason(plan, &sched, &all_nodes, i));
                 }
             }
             if fin.result == JobResult::Cancelled && job.run_names.is_empty() {
@@ -1007,33 +1002,6 @@ async fn write_status(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-fn render_message(plan: &Plan, d: &crate::plan::Diagnostic) -> String {
-    Diagnostics::new(plan.source.clone(), vec![d.clone()])
-        .render(false)
-        .trim_end()
-        .to_string()
-}
-
-fn skip_reason(plan: &Plan, sched: &Scheduler, i: usize) -> String {
-    let failed: Vec<String> = sched
-        .needs_results(i)
-        .into_iter()
-        .filter(|(_, r)| *r != JobResult::Success)
-        .map(|(d, r)| {
-            format!(
-                "{} {}",
-                plan.nodes[d].display,
-                format!("{r:?}").to_lowercase()
-            )
-        })
-        .collect();
-    if failed.is_empty() {
-        "its `if:` was false".into()
-    } else {
-        format!("needs did not succeed: {}", failed.join(", "))
     }
 }
 

@@ -283,18 +283,11 @@ pub async fn run(
                 }
                 scheduler::Action::Decide { node, cancelled } => {
                     let n = selected[node];
-                    let needs = need_states(plan, &local, &reports, n);
-                    let ctx = RenderContext {
-                        params: &params,
-                        needs: &needs,
-                        workflow_id: &run_id,
-                        cancelled,
-                    };
-                    let run = match should_run(plan, n, &ctx) {
+                    let run = match decide(plan, &local, &reports, &params, &run_id, n, cancelled) {
                         Ok(b) => b,
-                        Err(d) => {
+                        Err(message) => {
                             // Fails the job when it starts, with the diagnostic.
-                            runs[node].render_error = Some(render_message(plan, &d));
+                            runs[node].render_error = Some(message);
                             true
                         }
                     };
@@ -563,6 +556,30 @@ pub async fn run(
     })
 }
 
+/// Evaluates the `if:` of plan node `n` (or the default `success()`) once
+/// its needs finished. An expression that cannot be evaluated gives the
+/// diagnostic's text: the driver then fails the job when it starts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decide(
+    plan: &Plan,
+    local: &HashMap<NodeId, usize>,
+    reports: &[Option<NodeReport>],
+    params: &BTreeMap<String, serde_json::Value>,
+    workflow_id: &str,
+    n: NodeId,
+    cancelled: bool,
+) -> Result<bool, String> {
+    let needs = need_states(plan, local, reports, n);
+    let ctx = RenderContext {
+        params,
+        needs: &needs,
+        workflow_id,
+        cancelled,
+    };
+    should_run(plan, n, &ctx).map_err(|d| render_message(plan, &d))
+}
+
+/// A diagnostic as plain text, for a job's message.
 fn render_message(plan: &Plan, d: &crate::plan::Diagnostic) -> String {
     crate::plan::Diagnostics::new(plan.source.clone(), vec![d.clone()])
         .render(false)
@@ -801,7 +818,9 @@ fn report_finished(
     }
 }
 
-fn skip_reason(plan: &Plan, sched: &Scheduler, selected: &[NodeId], i: usize) -> String {
+/// Why the scheduler skipped node `i` (`selected` maps scheduler nodes to
+/// plan nodes).
+pub(crate) fn skip_reason(plan: &Plan, sched: &Scheduler, selected: &[NodeId], i: usize) -> String {
     let failed: Vec<String> = sched
         .needs_results(i)
         .into_iter()
