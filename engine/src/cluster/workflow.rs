@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ACTION_ANNOTATION, NODE_LABEL, WORKFLOW_LABEL, WORKFLOW_MANAGER, run_name};
 use crate::embedded::NodeReport;
 use crate::embedded::cache::{self, CacheRecord, Miss};
-use crate::embedded::driver::{decide, prepare, skip_reason};
+use crate::embedded::driver::{PrepareError, decide, prepare, skip_reason};
 use crate::plan::render::resolve_params;
 use crate::plan::{Diagnostics, Plan};
 use crate::scheduler::{self, Input, NodeSpec, Outcome, Policy, Scheduler, WorkflowResult};
@@ -423,11 +423,11 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
                         )
                         .await;
                         match prepared {
-                            Err(message) => {
-                                if message.starts_with("failed to narrow") {
-                                    // The store, not the workflow: retry.
-                                    return Err(Error::Store(message));
-                                }
+                            // The store, not the workflow: retry.
+                            Err(PrepareError::Store(message)) => {
+                                return Err(Error::Store(message));
+                            }
+                            Err(PrepareError::Job(message)) => {
                                 jobs[node].message = Some(message.clone());
                                 render_errors.insert(node, message);
                                 inputs.push(Input::Finished {

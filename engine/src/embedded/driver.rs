@@ -300,22 +300,21 @@ pub async fn run(
                     let display = plan.nodes[n].display.clone();
                     let prepared = match &runs[node].render_error {
                         Some(e) => Err(e.clone()),
-                        None => {
-                            prepare(
-                                plan,
-                                store,
-                                &local,
-                                &reports,
-                                n,
-                                &params,
-                                &run_id,
-                                source,
-                                &mut narrowed,
-                                attempt,
-                                HOST_POOL,
-                            )
-                            .await
-                        }
+                        None => prepare(
+                            plan,
+                            store,
+                            &local,
+                            &reports,
+                            n,
+                            &params,
+                            &run_id,
+                            source,
+                            &mut narrowed,
+                            attempt,
+                            HOST_POOL,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
                     };
                     match prepared {
                         Err(message) => {
@@ -624,6 +623,17 @@ fn worse(a: JobResult, b: JobResult) -> JobResult {
     if rank(b) > rank(a) { b } else { a }
 }
 
+/// Why a job could not be prepared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PrepareError {
+    /// The job itself (a template, a missing input): it fails.
+    #[error("{0}")]
+    Job(String),
+    /// The store could not be read: worth trying again.
+    #[error("{0}")]
+    Store(String),
+}
+
 /// Renders a node and builds its action and run request. `pool` is the
 /// pool identity in the action (and so in the cache key): [`HOST_POOL`]
 /// embedded, the pool's image in cluster mode.
@@ -640,7 +650,7 @@ pub(crate) async fn prepare(
     narrowed: &mut HashMap<usize, Digest>,
     attempt: u32,
     pool: &str,
-) -> Result<(Action, RunRequest), String> {
+) -> Result<(Action, RunRequest), PrepareError> {
     let needs = need_states(plan, local, reports, n);
     let ctx = RenderContext {
         params,
@@ -648,7 +658,8 @@ pub(crate) async fn prepare(
         workflow_id: run_id,
         cancelled: false,
     };
-    let rendered = render_job(plan, n, &ctx).map_err(|d| render_message(plan, &d))?;
+    let rendered =
+        render_job(plan, n, &ctx).map_err(|d| PrepareError::Job(render_message(plan, &d)))?;
     let node = &plan.nodes[n];
     let job_ast = &plan.ast.jobs[node.job];
     // Inputs: the named artifact of every cell of the producing job.
@@ -660,19 +671,19 @@ pub(crate) async fn prepare(
         };
         for &cell in &plan.jobs[src_id].nodes {
             let Some(&i) = local.get(&cell) else {
-                return Err(format!(
+                return Err(PrepareError::Job(format!(
                     "input `{}` comes from job `{src}`, which is not part of this run (`--only`)",
                     input.value
-                ));
+                )));
             };
             let digest = reports[i]
                 .as_ref()
                 .and_then(|r| r.artifacts.get(art))
                 .ok_or_else(|| {
-                    format!(
+                    PrepareError::Job(format!(
                         "input `{}`: job `{src}` finished without artifact `{art}`",
                         input.value
-                    )
+                    ))
                 })?;
             inputs.push(RunInput {
                 name: input.value.clone(),
@@ -688,9 +699,9 @@ pub(crate) async fn prepare(
             Some(d) => *d,
             None => {
                 let globs: Vec<String> = job_ast.source.iter().map(|s| s.value.clone()).collect();
-                let d = source::narrow(store, &source, &globs)
-                    .await
-                    .map_err(|e| format!("failed to narrow the source to {globs:?}: {e}"))?;
+                let d = source::narrow(store, &source, &globs).await.map_err(|e| {
+                    PrepareError::Store(format!("failed to narrow the source to {globs:?}: {e}"))
+                })?;
                 narrowed.insert(node.job, d);
                 d
             }
