@@ -146,14 +146,16 @@ pub fn run(args: Args, color: Color) -> Exit {
         if !args.wait {
             return Exit::Success;
         }
-        wait_for(
+        follow_and_report(
             &target,
             &name,
-            &store,
+            Some(&store),
             &plan_order(&plan),
-            &args,
+            args.output,
+            args.quiet,
             color,
             plan_width(&plan),
+            args.timeout,
         )
         .await
     })
@@ -242,31 +244,6 @@ fn plan_width(plan: &crate::plan::Plan) -> usize {
         .map(|n| n.display.len())
         .max()
         .unwrap_or(0)
-}
-
-/// Follows a submitted Workflow, prints its summary and maps its phase to
-/// an exit code.
-async fn wait_for(
-    target: &Target,
-    name: &str,
-    store: &kruntimes_runtime::cas::Store,
-    order: &[String],
-    args: &Args,
-    color: Color,
-    width: usize,
-) -> Exit {
-    follow_and_report(
-        target,
-        name,
-        Some(store),
-        order,
-        args.output,
-        args.quiet,
-        color,
-        width,
-        args.timeout,
-    )
-    .await
 }
 
 /// Shared by `krt submit --wait` and `krt wait`.
