@@ -37,7 +37,14 @@ fi
 KRT_CLUSTER_BIN="$(bash tests/cluster/build.sh | tail -n 1)"
 export KRT_CLUSTER_BIN
 
-# The end-to-end tests run the real `krt` binary; `cargo test` builds only
-# test harnesses, so build the binary (same profile) first.
-cargo build --locked --bin krt
+# Incremental compilation only pays off when editing; here it would write
+# another 2.5 GB of caches.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# The end-to-end tests run the real `krt` binary, which `cargo test` does not
+# build (it lives in another package). Building it together with the tests
+# (`--tests`) gives it the same feature set as the tests' dependencies, so the
+# dependency tree is compiled once, not once for the binary and again for the
+# tests.
+cargo build --workspace --locked --bins --tests
 cargo test --workspace --locked "$@"

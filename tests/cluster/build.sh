@@ -30,7 +30,13 @@ if ((${#need_pkgs[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 
+# Only the two binaries are kept: the unpacked source, Go's build cache and
+# the deb-src lists take about 2.3 GB, which the Rust build that follows needs
+# more (CI once ran out of disk with them left behind).
+prune() { rm -rf "${cache:?}/src" "$cache/gocache" "$cache/apt"; }
+
 if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" ]]; then
+  prune
   echo "$bin"
   exit 0
 fi
@@ -92,5 +98,6 @@ for b in kube-apiserver kube-controller-manager; do
   cp "$(find "$k8s/_output" -type f -name "$b" -perm -u+x | head -1)" "$bin/$b.tmp"
   mv "$bin/$b.tmp" "$bin/$b"
 done
+prune
 log "built into $bin"
 echo "$bin"
