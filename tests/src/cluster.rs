@@ -340,6 +340,19 @@ impl Cluster {
         namespace: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<ControllerProcess> {
+        self.spawn_controller_with_env(namespace, extra_args, &[])
+    }
+
+    /// [`Cluster::spawn_controller`] with `extra_env` set last in its
+    /// environment (overriding the harness's, such as `AWS_ENDPOINT_URL` to
+    /// put a [`crate::fault_proxy::FaultProxy`] before the store). The
+    /// RuntimePool pods it creates get the same store settings.
+    pub fn spawn_controller_with_env(
+        &self,
+        namespace: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<ControllerProcess> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let identity = format!("krt-controller-{n}");
@@ -349,12 +362,9 @@ impl Cluster {
             .join(format!("{identity}-{namespace}.log"));
         let mut args = vec!["--namespace".to_owned(), namespace.to_owned()];
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        let (addr, component) = self.launch_controller(
-            "krt controller",
-            log,
-            &args,
-            vec![("POD_NAME".to_owned(), identity.clone())],
-        )?;
+        let mut env = vec![("POD_NAME".to_owned(), identity.clone())];
+        env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let (addr, component) = self.launch_controller("krt controller", log, &args, env)?;
         Ok(ControllerProcess {
             identity,
             addr,

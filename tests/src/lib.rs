@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests in `tests/tests/e2e/`.
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod http;
 pub mod s3;
 

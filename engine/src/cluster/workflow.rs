@@ -603,8 +603,8 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
         }
     }
 
-    // Step-cache records of Runs that succeeded.
-    let mut unsaved = false;
+    // Step-cache records of Runs that succeeded; the first error, if any.
+    let mut unsaved: Option<String> = None;
     for node in &plan.nodes {
         if !plan.jobs[node.job].cache {
             continue;
@@ -612,8 +612,8 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
         let Some(run) = runs.get(&node.name) else {
             continue;
         };
-        if !save_cache_record(ctx, &name, run).await {
-            unsaved = true;
+        if let Err(e) = save_cache_record(ctx, &name, run).await {
+            unsaved.get_or_insert(format!("job `{}`: {e}", node.name));
         }
     }
 
@@ -643,13 +643,15 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
         }
     }
     let mut status = build_status(wf, plan, &old, jobs, result);
-    if unsaved {
+    if let Some(e) = &unsaved {
         set_condition(
             &mut status.conditions,
             "Synced",
             false,
             "StoreError",
-            "a step-cache record could not be written; retrying with backoff",
+            &format!(
+                "a step-cache record could not be written (the job's result stands; retrying with backoff): {e}"
+            ),
             wf.metadata.generation,
         );
     }
@@ -675,12 +677,12 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
     if Some(&status) != wf.status.as_ref() {
         write_status(&ctx.client, wf, &status).await?;
     }
-    if unsaved {
+    if let Some(e) = unsaved {
         // The status is written; retry the record with backoff.
         lock(&ctx.unsaved).insert(uid);
-        return Err(Error::Reported(
-            "a step-cache record could not be written".into(),
-        ));
+        return Err(Error::Reported(format!(
+            "a step-cache record could not be written: {e}"
+        )));
     }
     lock(&ctx.unsaved).remove(&uid);
     if result.is_some() {
@@ -1201,12 +1203,12 @@ async fn create_run(ctx: &Ctx, ns: &str, run: &Run) -> Result<(), Error> {
 }
 
 /// Writes the step-cache record of a Run that succeeded (once per key).
-async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) -> bool {
+async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) -> Result<(), String> {
     let Some(status) = &run.status else {
-        return true;
+        return Ok(());
     };
     if status.phase != Some(RunPhase::Succeeded) || status.cached {
-        return true;
+        return Ok(());
     }
     let (Some(key), Some(action)) = (
         run.spec
@@ -1217,10 +1219,10 @@ async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) -> bool {
             .get(ACTION_ANNOTATION)
             .and_then(|a| a.parse::<Digest>().ok()),
     ) else {
-        return true;
+        return Ok(());
     };
     if lock(&ctx.saved).contains(&key.to_string()) {
-        return true;
+        return Ok(());
     }
     let duration_ms = match (&status.start_time, &status.completion_time) {
         (Some(s), Some(e)) => (e.0.as_millisecond() - s.0.as_millisecond()).max(0) as u64,
@@ -1243,11 +1245,11 @@ async fn save_cache_record(ctx: &Ctx, workflow: &str, run: &Run) -> bool {
                 saved.clear();
             }
             saved.insert(key.to_string());
-            true
+            Ok(())
         }
         Err(e) => {
             tracing::warn!(run = %run.name_any(), error = %e, "writing the step-cache record failed; retrying with backoff");
-            false
+            Err(e)
         }
     }
 }

@@ -1,7 +1,9 @@
-//! Faults of the controller itself, against the real test cluster without
-//! its shared controller ([`Cluster::shared_bare`]): every test starts,
-//! kills and restarts its own `krt controller` processes, each watching only
-//! the test's namespace (where their Lease lives too).
+//! Faults of the controller itself and of the store under it, against the
+//! real test cluster without its shared controller
+//! ([`Cluster::shared_bare`]): every test starts, kills and restarts its own
+//! `krt controller` processes, each watching only the test's namespace
+//! (where their Lease lives too). Store faults come from a fault-injecting
+//! proxy in front of the real S3 server (`kruntimes_tests::fault_proxy`).
 //!
 //! Timing flags are short so failovers take seconds; nothing asserts a
 //! duration, waits only have generous deadlines so a broken feature fails
@@ -9,6 +11,7 @@
 
 mod adoption;
 mod leader;
+mod store;
 mod workflow;
 
 use std::future::Future;
