@@ -1016,6 +1016,8 @@ impl Inner {
             inputs: spec.inputs.clone(),
             artifacts: spec.artifacts.clone(),
             timeout: spec.timeout.clone(),
+            // For `krt submit --wait` and `krt logs -f` outside the cluster.
+            live_log: true,
         };
         let cancel = CancellationToken::new();
         let aspec = AttemptSpec {

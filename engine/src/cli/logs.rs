@@ -12,8 +12,8 @@ use crate::embedded::record;
 /// RUN is a run id from `krt runs`, `latest`, or a workflow name (its
 /// latest run). When no local run matches, or `--context`/`--namespace` is
 /// given, RUN is a Workflow on the cluster of the kubeconfig, and the logs
-/// come from the cluster's store; `-f` waits for jobs still running and
-/// prints each log as its job ends.
+/// come from the cluster's store; `-f` follows jobs still running, printing
+/// their lines as they come, until they end.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  krt logs latest\n  krt logs ci-20261126-221503-3fa2 build\n  krt logs ci test-2 --timestamps\n  krt logs ci-x7k2p build -f -n ci      a Workflow on the cluster"
@@ -26,8 +26,8 @@ pub struct Args {
     /// Prefix each line with its time since the job started.
     #[arg(long)]
     pub timestamps: bool,
-    /// Cluster Workflows: wait for running jobs and print their logs as
-    /// they end.
+    /// Cluster Workflows: follow running jobs, printing their lines as they
+    /// come (about every 0.3 s), until they end.
     #[arg(long, short)]
     pub follow: bool,
     #[command(flatten)]
@@ -192,7 +192,7 @@ async fn cluster_logs(args: &Args, local_error: &str) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Prints the logs of the wanted jobs as they end.
+/// Prints the logs of the wanted jobs as they come.
 struct FollowUi {
     wanted: std::collections::HashSet<String>,
     many: bool,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kruntimes_crds::{JobResult, JobStatus, Workflow, WorkflowPhase};
+use kruntimes_crds::{JobResult, JobStatus, Run, Workflow, WorkflowPhase};
 use kruntimes_runtime::Digest;
 use kruntimes_runtime::cas::{Store, StoreOptions};
 use kruntimes_runtime::exec::LogLine;
@@ -220,10 +220,14 @@ pub fn workflow_report(wf: &Workflow, order: &[String]) -> RunReport {
     }
 }
 
+/// How often the logs of running jobs are looked for in the store.
+const LIVE_POLL: Duration = Duration::from_millis(300);
+
 /// Follows a Workflow until it finishes (or `timeout` passes): each job's
-/// start, then its log (fetched from the store when the job ends; `store`
-/// `None` prints no logs) and its result. Returns the final Workflow, or
-/// `None` on timeout.
+/// start, its log while it runs (the live segments its runtime writes to
+/// the store, see `kruntimes_runtime::cas::LiveSegment`), the rest of its
+/// log from the store when it ends, and its result. `store` `None` prints no
+/// logs. Returns the final Workflow, or `None` on timeout.
 pub async fn follow(
     target: &Target,
     name: &str,
@@ -236,15 +240,27 @@ pub async fn follow(
     futures::pin_mut!(stream);
     let mut started: HashSet<String> = HashSet::new();
     let mut finished: HashSet<String> = HashSet::new();
+    let mut live = LiveTail::new(target);
     let mut begun = false;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    futures::pin_mut!(deadline);
+    let mut poll = tokio::time::interval(LIVE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
-                Ok(n) => n,
-                Err(_) => return Ok(None),
-            },
-            None => stream.next().await,
+        let next = tokio::select! {
+            _ = &mut deadline => return Ok(None),
+            n = stream.next() => n,
+            _ = poll.tick(), if store.is_some() && live.following() => {
+                if let Some(store) = store {
+                    live.poll(store, ui).await;
+                }
+                continue;
+            }
         };
         let wf = match next {
             None => return Err("the watch of the Workflow ended".into()),
@@ -278,14 +294,22 @@ pub async fn follow(
             {
                 ui.started(&display, j.attempts.max(1));
             }
+            if running
+                && j.result.is_none()
+                && let Some(run) = j.run_names.last()
+            {
+                live.watch(node, &display, run);
+            }
             if j.result.is_some() && finished.insert(node.clone()) {
+                // What the live segments did not show, from the whole log.
+                let shown = live.done(node, j.attempts.max(1));
                 if let (Some(store), Some(log)) =
                     (store, j.log_digest.as_deref().and_then(|d| d.parse().ok()))
                     && !j.cached
                 {
                     match read_log(store, &log).await {
                         Ok(lines) => {
-                            for l in &lines {
+                            for l in lines.iter().skip(shown as usize) {
                                 ui.log(&display, l);
                             }
                         }
@@ -297,6 +321,126 @@ pub async fn follow(
         }
         if is_final(status.phase) {
             return Ok(Some(wf));
+        }
+    }
+}
+
+/// The live logs of the running jobs being followed.
+struct LiveTail {
+    runs: Api<Run>,
+    jobs: BTreeMap<String, LiveJob>,
+}
+
+/// One running job's live log: which Run, and what was printed of it.
+struct LiveJob {
+    display: String,
+    run: String,
+    /// The runtime's id of the Run, once the Run was read.
+    id: Option<String>,
+    /// Per attempt, the index of the next line to print.
+    next: BTreeMap<u32, u64>,
+    /// Attempts whose live log has a gap: the rest comes from the whole log.
+    gap: HashSet<u32>,
+}
+
+impl LiveTail {
+    fn new(target: &Target) -> Self {
+        Self {
+            runs: Api::namespaced(target.client.clone(), &target.namespace),
+            jobs: BTreeMap::new(),
+        }
+    }
+
+    /// True while some job is running.
+    fn following(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// Follows `node`, which runs as Run `run`.
+    fn watch(&mut self, node: &str, display: &str, run: &str) {
+        let fresh = || LiveJob {
+            display: display.to_string(),
+            run: run.to_string(),
+            id: None,
+            next: BTreeMap::new(),
+            gap: HashSet::new(),
+        };
+        match self.jobs.get_mut(node) {
+            Some(j) if j.run == run => {}
+            Some(j) => *j = fresh(),
+            None => {
+                self.jobs.insert(node.to_string(), fresh());
+            }
+        }
+    }
+
+    /// `node` ended after `attempt` attempts: stops following it and says how
+    /// many lines of that attempt's log were printed.
+    fn done(&mut self, node: &str, attempt: u32) -> u64 {
+        self.jobs
+            .remove(node)
+            .and_then(|j| j.next.get(&attempt).copied())
+            .unwrap_or(0)
+    }
+
+    /// Prints the lines the runtimes wrote since the last poll. Errors only
+    /// delay lines: whatever is not printed live comes from the whole log.
+    async fn poll(&mut self, store: &Store, ui: &mut dyn Ui) {
+        for j in self.jobs.values_mut() {
+            if j.id.is_none() {
+                match self.runs.get_opt(&j.run).await {
+                    Ok(Some(run)) if run.metadata.uid.is_some() => {
+                        j.id = Some(kruntimes_controller::names::runtime_run_id(&run));
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(run = %j.run, error = %e, "reading the Run for its live log");
+                        continue;
+                    }
+                }
+            }
+            let Some(id) = j.id.clone() else { continue };
+            let segments = match store.list_live_segments(&id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(run = %j.run, error = %e, "listing the live log");
+                    continue;
+                }
+            };
+            for seg in segments {
+                if j.gap.contains(&seg.attempt) {
+                    continue;
+                }
+                let next = j.next.get(&seg.attempt).copied().unwrap_or(0);
+                if seg.first_line < next {
+                    continue;
+                }
+                if seg.first_line > next {
+                    j.gap.insert(seg.attempt);
+                    continue;
+                }
+                let body = match store.get_live_segment(&id, &seg).await {
+                    Ok(Some(b)) => b,
+                    // Gone: the attempt ended; its whole log follows.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(run = %j.run, error = %e, "reading the live log");
+                        break;
+                    }
+                };
+                let lines: Vec<LogLine> = body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map_while(|l| serde_json::from_slice(l).ok())
+                    .collect();
+                if seg.attempt > 1 && next == 0 {
+                    ui.started(&j.display, seg.attempt);
+                }
+                for l in &lines {
+                    ui.log(&j.display, l);
+                }
+                j.next.insert(seg.attempt, next + lines.len() as u64);
+            }
         }
     }
 }

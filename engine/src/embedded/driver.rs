@@ -738,6 +738,8 @@ pub(crate) async fn prepare(
         inputs,
         artifacts,
         timeout,
+        // The embedded driver reads the executor's events directly.
+        live_log: false,
     };
     Ok((action, request))
 }

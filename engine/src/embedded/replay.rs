@@ -85,6 +85,7 @@ pub fn request(found: &Found, secrets: BTreeMap<String, String>) -> RunRequest {
         inputs: a.inputs.clone(),
         artifacts: a.artifacts.clone(),
         timeout: a.timeout.clone(),
+        live_log: false,
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! <store root>/cas/sha256/<hex>     every blob: file contents and manifests
+//! <store root>/refs/<ns>/<name>     small mutable records (step cache, runs)
+//! <store root>/live/<run id>/...    log segments of running attempts (live.rs)
 //! <cache dir>/<hex>                 verified local copies, LRU-bounded
 //! ```
 //!
@@ -16,6 +18,7 @@
 mod cache;
 mod error;
 mod hash;
+mod live;
 mod manifest;
 mod refs;
 mod store;
@@ -27,6 +30,7 @@ mod tree;
 
 pub use error::CasError;
 pub use hash::{HASH_CHUNK, hash_file, hash_reader};
+pub use live::LiveSegment;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use refs::RefInfo;
 pub use store::{

@@ -22,7 +22,7 @@ pub struct RefInfo {
     pub size: u64,
 }
 
-fn check_part(what: &str, s: &str) -> Result<(), CasError> {
+pub(crate) fn check_part(what: &str, s: &str) -> Result<(), CasError> {
     let ok = !s.is_empty()
         && s.len() <= 200
         && s.bytes()

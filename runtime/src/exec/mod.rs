@@ -75,6 +75,11 @@ pub struct RunRequest {
     /// Time limit of the whole attempt (`10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Also write the log to the store in segments while the attempt runs
+    /// (`live/<id>/`, deleted when it ends), for clients that reach the store
+    /// but not this runtime. Cluster mode sets it; the server honours it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_log: bool,
 }
 
 fn first_attempt() -> u32 {

@@ -3,6 +3,7 @@
 //! shutdown. See [`routes`] for the API.
 
 mod error;
+mod live;
 mod metrics;
 pub mod routes;
 mod runs;

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::AppError;
+use super::live::LivePublisher;
 use super::metrics::Metrics;
 use crate::exec::{Executor, RunEvent, RunRequest, RunResult};
 
@@ -318,9 +319,18 @@ impl AppState {
 
         let (tx, mut rx) = mpsc::channel::<RunEvent>(1024);
         let h = handle.clone();
+        let live = req.live_log.then(|| {
+            LivePublisher::start(self.0.executor.store().clone(), req.id.clone(), req.attempt)
+        });
         let forwarder = tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
+                if let (Some(live), RunEvent::Log(line)) = (&live, &ev) {
+                    live.push(line);
+                }
                 h.push(&ev);
+            }
+            if let Some(live) = live {
+                live.finish();
             }
         });
         let state = self.clone();

@@ -1,7 +1,8 @@
 //! Workflows on the test cluster: `krt submit` from a source tree, the
 //! Workflow controller expanding jobs into Runs, the step cache, invalid
-//! Workflows, cancel, faults of runtime pods, and `krt replay` of a cluster
-//! job on this machine.
+//! Workflows, cancel, faults of runtime pods, live logs of a running job in
+//! `krt submit --wait` and `krt logs -f`, and `krt replay` of a cluster job
+//! on this machine.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -63,6 +64,11 @@ async fn wait_pool_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
 /// credentials in the environment (the URL comes from the ConfigMap), no
 /// local store settings.
 fn krt_cluster(dir: &Path, args: &[&str]) -> Output {
+    krt_cluster_cmd(dir, args).output().expect("krt runs")
+}
+
+/// The command [`krt_cluster`] runs, to spawn it instead.
+fn krt_cluster_cmd(dir: &Path, args: &[&str]) -> Command {
     let cluster = Cluster::shared();
     let mut cmd = Command::new(krt_bin());
     cmd.args(args)
@@ -80,7 +86,7 @@ fn krt_cluster(dir: &Path, args: &[&str]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.output().expect("krt runs")
+    cmd
 }
 
 fn show(o: &Output) -> String {
@@ -551,4 +557,134 @@ async fn a_finished_workflow_with_a_ttl_is_deleted_with_its_runs() {
         runs_of(&client, &ns, &name).await.is_empty().then_some(())
     })
     .await;
+}
+
+/// A spawned `krt` whose stdout lines arrive on a channel as they come.
+struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Streaming {
+    fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = krt_cluster_cmd(dir, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("krt starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one contains `text` (panics after [`WAIT`]).
+    fn until(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(text) {
+                        return l;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {text:?} ({e}); stdout so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the exit; the exit code and every stdout line.
+    fn finish(mut self) -> (Option<i32>, Vec<String>, String) {
+        let status = self.child.wait().expect("krt exits");
+        self.seen.extend(self.lines.iter());
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code(), self.seen, err)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_and_logs_follow_print_a_jobs_lines_while_it_runs() {
+    let (client, ns) = setup("wf-live", 1, 2).await;
+    let src = TempDir::new("wf-live-src");
+    let gate = TempDir::new("wf-live-gate");
+    let gate_file = gate.path().join("open");
+    // The job prints a line, then waits (at most 30 s) for the test to
+    // open the gate, which it does only after both followers printed the
+    // line: with logs shown only at a job's end, this test fails.
+    std::fs::write(
+        src.path().join("ci.yaml"),
+        format!(
+            r#"
+jobs:
+  slow:
+    run: |
+      echo "before the gate"
+      for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.05; done
+      echo "after the gate"
+"#,
+            gate_file.display()
+        ),
+    )
+    .unwrap();
+    let mut submit = Streaming::spawn(
+        src.path(),
+        &["submit", "ci.yaml", "-n", &ns, "--wait", "--timeout", "3m"],
+    );
+    let name = submit.until("ci-").trim().to_string();
+    let mut logs = Streaming::spawn(src.path(), &["logs", &name, "slow", "-f", "-n", &ns]);
+    submit.until("before the gate");
+    logs.until("before the gate");
+    // Shown live: the job has not ended (it cannot, before the gate opens or
+    // its 30 s run out).
+    let wf = Api::<Workflow>::namespaced(client.clone(), &ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let job = &wf.status.as_ref().expect("a status").jobs["slow"];
+    assert_eq!(job.result, None, "the job still runs: {job:#?}");
+    std::fs::write(&gate_file, "").unwrap();
+
+    let (code, out, err) = submit.finish();
+    let text = out.join("\n");
+    assert_eq!(code, Some(0), "{text}\n--- stderr ---\n{err}");
+    for line in ["before the gate", "after the gate"] {
+        assert_eq!(
+            out.iter().filter(|l| l.contains(line)).count(),
+            1,
+            "{line:?} printed once by `krt submit --wait`:\n{text}"
+        );
+    }
+    let (code, out, err) = logs.finish();
+    let text = out.join("\n");
+    assert_eq!(code, Some(0), "{text}\n--- stderr ---\n{err}");
+    assert_eq!(
+        out,
+        ["before the gate", "after the gate"],
+        "`krt logs -f` prints the job's lines once each\n--- stderr ---\n{err}"
+    );
 }
