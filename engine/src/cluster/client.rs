@@ -222,6 +222,10 @@ pub fn workflow_report(wf: &Workflow, order: &[String]) -> RunReport {
 
 /// How often the logs of running jobs are looked for in the store.
 const LIVE_POLL: Duration = Duration::from_millis(300);
+/// Jobs are looked for only once they have run this long: a shorter job's
+/// log comes whole at its end anyway, and a workflow of many short jobs then
+/// costs the API server and the store no polling at all.
+const LIVE_AFTER: Duration = Duration::from_secs(1);
 
 /// Follows a Workflow until it finishes (or `timeout` passes): each job's
 /// start, its log while it runs (the live segments its runtime writes to
@@ -335,6 +339,8 @@ struct LiveTail {
 struct LiveJob {
     display: String,
     run: String,
+    /// When this follower first saw it running.
+    since: tokio::time::Instant,
     /// The runtime's id of the Run, once the Run was read.
     id: Option<String>,
     /// Per attempt, the index of the next line to print.
@@ -361,6 +367,7 @@ impl LiveTail {
         let fresh = || LiveJob {
             display: display.to_string(),
             run: run.to_string(),
+            since: tokio::time::Instant::now(),
             id: None,
             next: BTreeMap::new(),
             gap: HashSet::new(),
@@ -387,6 +394,9 @@ impl LiveTail {
     /// delay lines: whatever is not printed live comes from the whole log.
     async fn poll(&mut self, store: &Store, ui: &mut dyn Ui) {
         for j in self.jobs.values_mut() {
+            if j.since.elapsed() < LIVE_AFTER {
+                continue;
+            }
             if j.id.is_none() {
                 match self.runs.get_opt(&j.run).await {
                     Ok(Some(run)) if run.metadata.uid.is_some() => {
