@@ -674,8 +674,12 @@ async fn reconcile_inner(wf: &Workflow, ctx: &Ctx) -> Result<Action, Error> {
         )
         .await;
     }
+    let finishing = result.is_some() && old.phase != status.phase;
     if Some(&status) != wf.status.as_ref() {
         write_status(&ctx.client, wf, &status).await?;
+    }
+    if finishing {
+        remove_stale_live_logs(ctx, &runs);
     }
     if let Some(e) = unsaved {
         // The status is written; retry the record with backoff.
@@ -1200,6 +1204,35 @@ async fn create_run(ctx: &Ctx, ns: &str, run: &Run) -> Result<(), Error> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A runtime deletes its live log segments when an attempt ends; one that
+/// died in the middle of an attempt cannot. When a Workflow finishes, this
+/// deletes the segments of its Runs that may have lost an attempt (retried,
+/// or not succeeded), in the background: nothing waits on it, and a failure
+/// only leaves a few small objects behind.
+fn remove_stale_live_logs(ctx: &Ctx, runs: &HashMap<String, Arc<Run>>) {
+    let ids: Vec<String> = runs
+        .values()
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|st| {
+                st.pod.is_some()
+                    && (!st.attempts.is_empty() || st.phase != Some(RunPhase::Succeeded))
+            })
+        })
+        .map(|r| kruntimes_controller::names::runtime_run_id(r))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let store = ctx.store.clone();
+    tokio::spawn(async move {
+        for id in ids {
+            if let Err(e) = store.delete_live_run(&id).await {
+                tracing::debug!(run = %id, error = %e, "deleting stale live log segments");
+            }
+        }
+    });
 }
 
 /// Writes the step-cache record of a Run that succeeded (once per key).

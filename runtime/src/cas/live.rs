@@ -110,8 +110,22 @@ impl Store {
 
     /// Deletes the segments of one attempt of `run`.
     pub async fn delete_live(&self, run: &str, attempt: u32) -> Result<(), CasError> {
+        self.delete_live_where(run, |s| s.attempt == attempt).await
+    }
+
+    /// Deletes every segment of `run` (attempts whose runtime died leave
+    /// theirs behind).
+    pub async fn delete_live_run(&self, run: &str) -> Result<(), CasError> {
+        self.delete_live_where(run, |_| true).await
+    }
+
+    async fn delete_live_where(
+        &self,
+        run: &str,
+        pick: impl Fn(&LiveSegment) -> bool,
+    ) -> Result<(), CasError> {
         for s in self.list_live_segments(run).await? {
-            if s.attempt != attempt {
+            if !pick(&s) {
                 continue;
             }
             match self
@@ -162,6 +176,8 @@ mod tests {
             .collect();
         assert_eq!(left, [(2, 0)]);
         assert_eq!(store.get_live_segment(run, &segs[1]).await.unwrap(), None);
+        store.delete_live_run(run).await.unwrap();
+        assert!(store.list_live_segments(run).await.unwrap().is_empty());
         // Another run's segments are apart.
         assert!(
             store

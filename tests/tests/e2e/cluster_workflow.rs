@@ -405,7 +405,7 @@ jobs:
     needs: [first]
     retries: 2
     run: |
-      if [ "$KRT_ATTEMPT" = 1 ]; then sleep 300; fi
+      if [ "$KRT_ATTEMPT" = 1 ]; then echo "attempt 1 works"; sleep 300; fi
       echo "attempt=$KRT_ATTEMPT" >> "$KRT_OUTPUT"
   last:
     needs: [victim]
@@ -422,6 +422,21 @@ jobs:
         let r = runs.get(&run).await.ok()?;
         let st = r.status?;
         (st.phase == Some(RunPhase::Running)).then_some(st.pod?)
+    })
+    .await;
+    // Its runtime wrote the attempt's live log (and dies before it can
+    // delete it).
+    let live = |cluster: &Cluster| -> Vec<String> {
+        let prefix = format!("cluster/live/{ns}.{run}.");
+        cluster
+            .s3()
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect()
+    };
+    wait_for("the victim's live log", || async {
+        (!live(cluster).is_empty()).then_some(())
     })
     .await;
     assert!(
@@ -443,6 +458,11 @@ jobs:
         3,
         "one Run per job"
     );
+    // The controller removed what the dead runtime left behind.
+    wait_for("the lost attempt's live log to be deleted", || async {
+        live(cluster).is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
