@@ -6,12 +6,12 @@
 //!
 //! Used to give a component a flaky object store: point its
 //! `AWS_ENDPOINT_URL` at [`FaultProxy::endpoint`] instead of the S3 server.
-//! Like [`crate::s3::S3Server`], it runs on its own thread and tokio runtime.
+//! Like [`crate::s3::S3Server`], it runs on its own thread and tokio runtime
+//! (`loopback.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -19,9 +19,9 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use tokio::sync::oneshot;
+use hyper_util::rt::TokioIo;
+
+use crate::loopback::LoopbackServer;
 
 /// Which requests fail, how and how often.
 #[derive(Clone, Debug)]
@@ -57,8 +57,7 @@ pub struct FaultProxy {
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
     state: Arc<Mutex<State>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: LoopbackServer,
 }
 
 impl FaultProxy {
@@ -70,33 +69,13 @@ impl FaultProxy {
             .parse()
             .with_context(|| format!("the upstream `{upstream}` is not http://ip:port"))?;
         let state = Arc::new(Mutex::new(State::default()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("fault-proxy".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(serve(upstream, st, addr_tx, stop_rx));
-            })?;
-        let addr = addr_rx
-            .recv()
-            .context("the proxy thread exited before listening")??;
+        let service = hyper::service::service_fn(move |req| handle(req, upstream, st.clone()));
+        let server = LoopbackServer::start("fault-proxy", service)?;
         Ok(Self {
-            endpoint: format!("http://{addr}"),
+            endpoint: format!("http://{}", server.addr),
             state,
-            shutdown: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -122,53 +101,6 @@ impl FaultProxy {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn serve(
-    upstream: SocketAddr,
-    state: Arc<Mutex<State>>,
-    addr_tx: std::sync::mpsc::Sender<std::io::Result<SocketAddr>>,
-    stop: oneshot::Receiver<()>,
-) {
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = addr_tx.send(Err(e));
-            return;
-        }
-    };
-    let _ = addr_tx.send(listener.local_addr());
-    let http = ConnBuilder::new(TokioExecutor::new());
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(_) => continue,
-            },
-            _ = stop.as_mut() => break,
-        };
-        let _ = socket.set_nodelay(true);
-        let st = state.clone();
-        let service = hyper::service::service_fn(move |req| handle(req, upstream, st.clone()));
-        let conn = http
-            .serve_connection(TokioIo::new(socket), service)
-            .into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
     }
 }
 

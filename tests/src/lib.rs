@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod fault_proxy;
 pub mod http;
+mod loopback;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -95,4 +96,32 @@ pub fn tail(s: &str, n: usize) -> String {
         .map(|l| l.chars().take(400).collect::<String>())
         .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`. After `deadline`
+/// panics naming `what`, followed by `context()` (the logs worth showing),
+/// so a broken feature fails the test instead of hanging it.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: F,
+    context: impl FnOnce() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > until {
+            panic!(
+                "timed out after {deadline:?} waiting for {what}{}",
+                context()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -2,27 +2,21 @@
 //! in-process on `127.0.0.1:<free port>`, with signature-v4 authentication,
 //! a fresh root directory and one bucket.
 //!
-//! The server runs on its own thread with its own tokio runtime, so it works
-//! the same from `#[tokio::test]` (any flavour), from a plain `#[test]` and
-//! from a benchmark's `main`, and a client blocking its runtime cannot stall
-//! it. Dropping the [`S3Server`] stops it and deletes the root.
+//! The server runs on its own thread with its own tokio runtime
+//! (`loopback.rs`). Dropping the [`S3Server`] stops it and deletes the root.
 //!
 //! s3s-fs keeps an object as a plain file at `<root>/<bucket>/<key>`
 //! ([`S3Server::object_file`]), so a test can read or tamper with what the
 //! client stored.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 
 use anyhow::{Context, anyhow};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
-use tokio::sync::oneshot;
 
 use crate::TempDir;
+use crate::loopback::LoopbackServer;
 
 /// A running s3s-fs server.
 #[derive(Debug)]
@@ -37,9 +31,9 @@ pub struct S3Server {
     pub secret: String,
     /// Region to sign requests for (s3s accepts any).
     pub region: String,
+    // Declared before `root`: the server stops before its root is deleted.
+    _server: LoopbackServer,
     root: TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl S3Server {
@@ -59,67 +53,16 @@ impl S3Server {
         builder.set_auth(SimpleAuth::from_single(key_id.clone(), secret.clone()));
         let service = builder.build();
 
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("s3s-fs".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = addr_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = addr_tx.send(listener.local_addr());
-                    let http = ConnBuilder::new(TokioExecutor::new());
-                    let mut stop = std::pin::pin!(stop_rx);
-                    loop {
-                        let socket = tokio::select! {
-                            accepted = listener.accept() => match accepted {
-                                Ok((socket, _)) => socket,
-                                Err(_) => continue,
-                            },
-                            _ = stop.as_mut() => break,
-                        };
-                        // Without this, a response's headers and body go out as
-                        // two small writes and Nagle holds the second until the
-                        // client's delayed ACK: 40 ms per small GET.
-                        let _ = socket.set_nodelay(true);
-                        let conn = http
-                            .serve_connection(TokioIo::new(socket), service.clone())
-                            .into_owned();
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
-                });
-                // Dropping the runtime cancels the open connections.
-            })?;
-        let addr = addr_rx
-            .recv()
-            .context("the server thread exited before listening")??;
+        let server = LoopbackServer::start("s3s-fs", service)?;
+        let addr = server.addr;
         Ok(Self {
             endpoint: format!("http://{addr}"),
             bucket,
             key_id,
             secret,
             region: "us-east-1".into(),
+            _server: server,
             root,
-            shutdown: Some(stop_tx),
-            thread: Some(thread),
         })
     }
 
@@ -165,16 +108,5 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
             ("AWS_ALLOW_HTTP", "true".into()),
         ]
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
 use kruntimes_tests::cluster::{Cluster, create_pool, run_obj};
-use kruntimes_tests::{http, stderr, stdout, tail};
+use kruntimes_tests::{http, poll_until, stderr, stdout, tail};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -19,24 +19,18 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// Polls `check` until it returns `Some`, or panics after `WAIT` naming what
 /// it waited for, with the controller's log.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out after {WAIT:?} waiting for {what}\n--- controller log (tail) ---\n{}",
-                tail(&Cluster::shared().controller_log(), 60)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(what, WAIT, check, || {
+        format!(
+            "\n--- controller log (tail) ---\n{}",
+            tail(&Cluster::shared().controller_log(), 60)
+        )
+    })
+    .await
 }
 
 async fn wait_pool_ready(

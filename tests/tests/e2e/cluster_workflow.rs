@@ -12,30 +12,24 @@ use std::time::Duration;
 
 use kruntimes_crds::{Run, RunPhase, RuntimePool, Workflow, WorkflowPhase};
 use kruntimes_tests::cluster::{Cluster, create_pool, is_credential};
-use kruntimes_tests::{TempDir, krt_bin, repo_root, stderr, stdout, tail};
+use kruntimes_tests::{TempDir, krt_bin, poll_until, repo_root, stderr, stdout, tail};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out after {WAIT:?} waiting for {what}\n--- controller log (tail) ---\n{}",
-                tail(&Cluster::shared().controller_log(), 80)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(what, WAIT, check, || {
+        format!(
+            "\n--- controller log (tail) ---\n{}",
+            tail(&Cluster::shared().controller_log(), 80)
+        )
+    })
+    .await
 }
 
 /// A namespace with a ready pool `default` (`replicas` pods of `slots`
@@ -625,8 +619,14 @@ impl Streaming {
                 }
                 Err(e) => {
                     let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let mut err = String::new();
+                    if let Some(mut s) = self.child.stderr.take() {
+                        use std::io::Read;
+                        let _ = s.read_to_string(&mut err);
+                    }
                     panic!(
-                        "no line with {text:?} ({e}); stdout so far:\n{}",
+                        "no line with {text:?} ({e}); stdout so far:\n{}\n--- stderr ---\n{err}",
                         self.seen.join("\n")
                     );
                 }

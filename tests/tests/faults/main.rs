@@ -21,7 +21,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kruntimes_crds::{Run, RunPhase, RuntimePool};
 use kruntimes_tests::cluster::{Cluster, ControllerProcess, create_pool, run_obj};
-use kruntimes_tests::tail;
+use kruntimes_tests::{poll_until, tail};
 use kube::{Api, Client};
 
 /// Deadline of any one wait.
@@ -41,39 +41,30 @@ const FAST_BOUND: Duration = Duration::from_millis(4500);
 /// The Lease name the controller uses by default.
 const LEASE: &str = "kruntimes-controller";
 
-/// Polls `check` every 100 ms until it returns `Some`; after `deadline`
-/// panics naming what it waited for, with the logs of `ctls`.
+/// [`poll_until`] with the logs of `ctls` on a timeout.
 async fn wait_for<T, F, Fut>(
     what: &str,
     deadline: Duration,
     ctls: &[&ControllerProcess],
-    mut check: F,
+    check: F,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > until {
-            let logs: String = ctls
-                .iter()
-                .map(|c| {
-                    format!(
-                        "\n--- log of {} (exit: {:?}) ---\n{}",
-                        c.identity(),
-                        c.exited(),
-                        tail(&c.log(), 40)
-                    )
-                })
-                .collect();
-            panic!("timed out after {deadline:?} waiting for {what}{logs}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(what, deadline, check, || {
+        ctls.iter()
+            .map(|c| {
+                format!(
+                    "\n--- log of {} (exit: {:?}) ---\n{}",
+                    c.identity(),
+                    c.exited(),
+                    tail(&c.log(), 40)
+                )
+            })
+            .collect()
+    })
+    .await
 }
 
 /// Starts a controller for `ns` with `args`, panicking with the reason.

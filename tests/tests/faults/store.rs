@@ -19,17 +19,23 @@ use super::*;
 /// Where step-cache records live in the store (`<prefix>/refs/ac/<key>`).
 const RECORDS: &str = "/refs/ac/";
 
-/// A controller for `ns` whose store is behind a new fault proxy.
-fn proxied_controller(cluster: &Cluster, ns: &str) -> (FaultProxy, ControllerProcess) {
+/// A namespace whose controller (and pool `default`, ready) reach the store
+/// through a new fault proxy.
+async fn setup(prefix: &str) -> (Client, String, FaultProxy, ControllerProcess) {
+    let cluster = Cluster::shared_bare();
+    let client = cluster.client();
+    let ns = cluster.namespace(prefix).await;
     let proxy = FaultProxy::start(&cluster.s3().endpoint).expect("the fault proxy starts");
     let ctl = cluster
         .spawn_controller_with_env(
-            ns,
+            &ns,
             FAST_LEASE,
             &[("AWS_ENDPOINT_URL", proxy.endpoint.clone())],
         )
         .unwrap_or_else(|e| panic!("start a controller for {ns}: {e:#}"));
-    (proxy, ctl)
+    create_pool(&client, &ns, "default", 1, 2).await;
+    wait_pool_ready(&client, &ns, "default", 1, &[&ctl]).await;
+    (client, ns, proxy, ctl)
 }
 
 /// A one-job Workflow whose cache key is unique to the namespace.
@@ -98,12 +104,7 @@ async fn assert_served_from_cache(client: &Client, ns: &str, name: &str, ctl: &C
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_store_error_is_retried_and_the_result_is_kept() {
-    let cluster = Cluster::shared_bare();
-    let client = cluster.client();
-    let ns = cluster.namespace("store-blip").await;
-    let (proxy, ctl) = proxied_controller(cluster, &ns);
-    create_pool(&client, &ns, "default", 1, 2).await;
-    wait_pool_ready(&client, &ns, "default", 1, &[&ctl]).await;
+    let (client, ns, proxy, ctl) = setup("store-blip").await;
 
     // The first two writes of a record get S3's "slow down", which clients
     // retry with backoff.
@@ -145,12 +146,7 @@ async fn a_transient_store_error_is_retried_and_the_result_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_store_error_shows_in_synced_and_the_record_is_written_once_it_clears() {
-    let cluster = Cluster::shared_bare();
-    let client = cluster.client();
-    let ns = cluster.namespace("store-down").await;
-    let (proxy, ctl) = proxied_controller(cluster, &ns);
-    create_pool(&client, &ns, "default", 1, 2).await;
-    wait_pool_ready(&client, &ns, "default", 1, &[&ctl]).await;
+    let (client, ns, proxy, ctl) = setup("store-down").await;
 
     // Every write of a record is refused (an error clients do not retry)
     // until the fault is cleared.
