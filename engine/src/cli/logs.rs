@@ -128,7 +128,7 @@ async fn cluster_logs(args: &Args, local_error: &str) -> Result<bool, String> {
     let target = client::connect(&args.cluster)
         .await
         .map_err(|e| with_local(format!("and no cluster to look in ({e})")))?;
-    let wf = client::get_workflow(&target, &args.run)
+    let mut wf = client::get_workflow(&target, &args.run)
         .await?
         .ok_or_else(|| {
             with_local(format!(
@@ -136,6 +136,16 @@ async fn cluster_logs(args: &Args, local_error: &str) -> Result<bool, String> {
                 args.run, target.namespace
             ))
         })?;
+    // Just submitted: with -f, wait for the controller to list its jobs.
+    while args.follow
+        && !client::is_final(wf.status.as_ref().and_then(|s| s.phase))
+        && wf.status.as_ref().is_none_or(|s| s.jobs.is_empty())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        wf = client::get_workflow(&target, &args.run)
+            .await?
+            .ok_or_else(|| format!("Workflow {}/{} was deleted", target.namespace, args.run))?;
+    }
     let store = client::cluster_store(&target, args.store.store.as_deref()).await?;
     let selected: Vec<String> = client::select_jobs(&wf, args.job.as_deref())?
         .into_iter()
